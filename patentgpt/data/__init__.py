@@ -1,0 +1,1 @@
+"""Token shards, the pretraining mixture loader and corpus tokenization."""
