@@ -1,0 +1,127 @@
+"""``patentgpt ablate SWEEP.yaml``: a grid of pretraining runs from one base config.
+
+A sweep file::
+
+    group: moe-vs-dense              # W&B group and the runs' parent directory
+    base: ../pretrain/demo_dense.yaml
+    launcher: python                 # or e.g. "deepspeed --num_gpus 8"
+    set: {train.max_steps: 100}      # overrides for every run
+    variants:                        # named override sets (a variant may swap the config)
+      dense: {}
+      moe: {config: ../pretrain/demo_moe.yaml}
+    grid:                            # cartesian product over dotted keys
+      optim.lr: [1.0e-3, 2.0e-3]
+
+Every run is validated before anything starts; each gets its own run directory and W&B group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from patentgpt.config import ConfigError, Section, load_config, load_yaml_tree
+
+LAUNCH_SCRIPT = "launch/pretrain.py"
+
+
+class Variant(Section):
+    config: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class Sweep(Section):
+    group: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    base: str
+    launcher: str = "python"
+    set: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, Variant] = Field(default_factory=lambda: {"base": Variant()})
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    config: str
+    overrides: list[str]
+
+    def command(self, launcher: str) -> str:
+        parts = [*shlex.split(launcher), LAUNCH_SCRIPT, "--config", self.config]
+        for o in self.overrides:
+            parts += ["--set", o]
+        return shlex.join(parts)
+
+
+def _fmt(value: Any) -> str:
+    return str(value).replace("/", "_")
+
+
+def plan(sweep_path: str | Path) -> tuple[Sweep, list[PlannedRun]]:
+    from patentgpt.train.config import PretrainConfig
+
+    sweep_path = Path(sweep_path)
+    from patentgpt.config.base import validate
+
+    sweep = validate(Sweep, load_yaml_tree(sweep_path), source=str(sweep_path))
+    here = sweep_path.resolve().parent
+    keys = list(sweep.grid)
+    runs = []
+    for vname, variant in sweep.variants.items():
+        config = (here / (variant.config or sweep.base)).resolve()
+        for values in itertools.product(*(sweep.grid[k] for k in keys)) if keys else [()]:
+            suffix = "".join(f"-{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, values))
+            name = f"{sweep.group}-{vname}{suffix}"
+            sets = {**sweep.set, **variant.set, **dict(zip(keys, values))}
+            base_cfg = load_config(PretrainConfig, config)
+            overrides = [f"{k}={v}" for k, v in sets.items()] + [
+                f"run.name={name}",
+                f"run.output_dir={Path(base_cfg.run.output_dir) / sweep.group}",
+                f"logging.wandb.group={sweep.group}",
+            ]
+            try:
+                load_config(PretrainConfig, config, overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep {sweep_path}, run {name}: {exc}") from None
+            rel = config.relative_to(Path.cwd()) if config.is_relative_to(Path.cwd()) else config
+            runs.append(PlannedRun(name, str(rel), overrides))
+    return sweep, runs
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="run (or print) a sweep of pretraining runs")
+    p.add_argument("sweep", help="sweep YAML, e.g. configs/ablations/moe_vs_dense.yaml")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print each run's name and command")
+    mode.add_argument("--emit", action="store_true", help="print only the launch commands (for a scheduler)")
+    p.set_defaults(func=_ablate)
+
+
+def _ablate(args) -> int:
+    sweep, runs = plan(args.sweep)
+    if args.emit:
+        for r in runs:
+            print(r.command(sweep.launcher))
+        return 0
+    if args.dry_run:
+        for r in runs:
+            print(f"{r.name}\n  {r.command(sweep.launcher)}")
+        print(f"{len(runs)} runs in group {sweep.group}")
+        return 0
+    failed = []
+    for i, r in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {r.name}", flush=True)
+        cmd = shlex.split(r.command(sweep.launcher))
+        if cmd[0] == "python":
+            cmd[0] = sys.executable
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(r.name)
+    print(f"{len(runs) - len(failed)} of {len(runs)} runs finished" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0

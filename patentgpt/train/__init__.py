@@ -1,0 +1,1 @@
+"""DeepSpeed training: config, engine set-up, loop, checkpoints, export and monitoring."""

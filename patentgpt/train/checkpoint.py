@@ -1,0 +1,127 @@
+"""Atomic DeepSpeed checkpoints with trainer, loader and RNG state; keep-last-K; resume.
+
+Layout of ``RUN_DIR/checkpoints/step_00000100/``::
+
+    ds/                 DeepSpeed's files (model, optimizer and ZeRO partitions of every rank)
+    rng/rank_00000.pt   per-rank RNG states (tensors only: loads with weights_only=True)
+    trainer_state.json  step, loader position, loss statistics, skipped-step counters
+    config.yaml         the resolved run config
+    hf_config/          the model's transformers config (for export)
+    tokenizer/          the run's tokenizer (for export)
+    COMPLETE            written last, just before the directory is renamed into place
+
+A checkpoint is written under ``.tmp-step_*`` and renamed only when every rank has finished,
+so a run killed mid-write leaves a hidden directory that resume ignores and removes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patentgpt.io import atomic_write_json, publish_dir
+from patentgpt.train.dist import barrier
+
+STEP_RE = re.compile(r"^step_(\d{8})$")
+DS_TAG = "ds"
+COMPLETE = "COMPLETE"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    ckpts = complete_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": list(random.getstate()[1]),
+        "python_version": int(random.getstate()[0]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(engine, root: str | Path, step: int, trainer_state: dict, *, rank: int,
+                    keep_last: int, extra_files: dict | None = None) -> Path:
+    """Save on every rank; returns the published directory. ``extra_files`` (rank 0): name -> writer(path)."""
+    root = Path(root)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+    (tmp / "rng").mkdir(exist_ok=True)
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    barrier()
+    if rank == 0:
+        for name, writer in (extra_files or {}).items():
+            writer(tmp / name)
+        atomic_write_json(tmp / "trainer_state.json", trainer_state)
+        atomic_write_json(tmp / COMPLETE, {"step": step})
+        publish_dir(tmp, final)
+        for old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def clean_incomplete(root: str | Path) -> list[Path]:
+    """Remove leftovers of interrupted writes (rank 0 only)."""
+    root = Path(root)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-") or (STEP_RE.match(p.name) and not (p / COMPLETE).is_file()):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def load_checkpoint(engine, ckpt: Path, *, rank: int) -> dict:
+    """Restore DeepSpeed state and this rank's RNG; return the trainer state."""
+    load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load {ckpt / DS_TAG}")
+    rng_file = ckpt / "rng" / f"rank_{rank:05d}.pt"
+    if rng_file.is_file():  # absent when resuming on more ranks than saved
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((ckpt / "trainer_state.json").read_text())
