@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -12,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 PARENT_KEY = "parent"
-_SECRET_HINTS = ("api_key", "apikey", "token", "secret", "password")
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|(access|auth|api|hf|wandb|bearer)_?token)", re.I)
 
 
 class ConfigError(ValueError):
@@ -127,7 +128,7 @@ def redact(obj: Any) -> Any:
     """Copy of a plain config tree with secret-looking values replaced."""
     if isinstance(obj, dict):
         return {
-            k: ("***" if any(h in str(k).lower() for h in _SECRET_HINTS) and v else redact(v))
+            k: ("***" if _SECRET_KEY.search(str(k)) and v else redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):

@@ -117,6 +117,21 @@ def stage0_grad_norm(engine) -> float:
     return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
+@torch.no_grad()
+def export_logit_diff(module, export_dir: Path, input_ids: torch.Tensor) -> float:
+    """Largest absolute logit difference between the training module and its export."""
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    ours = module(input_ids=input_ids.to(device)).logits.float().cpu()
+    theirs = exported(input_ids=input_ids).logits.float()
+    module.train(was_training)
+    return float((ours - theirs).abs().max())
+
+
 def forward_backward(engine, batch: dict, moe: bool):
     """One micro-batch: forward, backward; returns (loss, aux loss or None, router logits or None)."""
     out = engine(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False)
@@ -315,7 +330,13 @@ def run_pretraining(cfg: PretrainConfig) -> dict:
             pngs.append(plot_expert_load(fractions_sum / fractions_n, run_dir / "expert_load.png"))
         monitor.log_files([p for p in pngs if p])
         if cfg.checkpoint.export_at_end:
-            summary["export_dir"] = str(export_checkpoint(last_ckpt, run_dir / "export"))
+            export_dir = export_checkpoint(last_ckpt, run_dir / "export")
+            summary["export_dir"] = str(export_dir)
+            if cfg.deepspeed.zero_stage < 3:  # ZeRO-3 params are partitioned across ranks
+                probe = loader.next_step()[0]["input_ids"][:1]
+                summary["export_max_logit_diff"] = export_logit_diff(engine.module, export_dir, probe)
+                print(f"exported {export_dir}; max |logit diff| vs training model: "
+                      f"{summary['export_max_logit_diff']:.2e}")
     barrier()
     monitor.finish()
     return summary

@@ -1,0 +1,1 @@
+"""Model construction on transformers classes, kernels and FLOPs accounting."""
