@@ -1,0 +1,1 @@
+"""IP tokenizers: SentencePiece training, merging into a base vocabulary, HF export, reports."""
