@@ -80,6 +80,12 @@ def run_trainer(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
     from patentgpt.model.build import build_model
     from patentgpt.train.config import ModelSection
 
+    # Our run initialised a one-process gloo group; leave none behind, or Trainer would wrap the
+    # baseline in DistributedDataParallel and charge it for that.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
@@ -130,6 +136,9 @@ def main() -> None:
     from patentgpt.demo import build_tokenizer
     from patentgpt.model.flops import flops_per_token, measure_matmul_peak
 
+    # The machine's matmul peak, measured before and after the runs (best of both), so a busy
+    # moment during one measurement cannot inflate MFU.
+    peak = measure_matmul_peak(torch.float32, seconds=3.0)
     texts, source = load_texts(args.docs)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -139,7 +148,7 @@ def main() -> None:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(work / "ours" / "checkpoints" / "step_{:08d}".format(args.steps) / "hf_config")
-    peak = measure_matmul_peak(torch.float32, seconds=2.0)
+    peak = max(peak, measure_matmul_peak(torch.float32, seconds=3.0))
     out = {"data": source, "docs": len(texts), "seq_len": args.seq_len, "batch": args.batch, "steps": args.steps,
            "threads": torch.get_num_threads(), "matmul_peak_gflops": peak / 1e9}
     for name, r in (("patentgpt", ours), ("hf_trainer_pad_longest", base)):

@@ -57,7 +57,10 @@ def test_loss_falls_on_demo_corpus_and_export_matches(tmp_path, demo_shards, ip_
     for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu"):
         assert all(r[key] is not None and math.isfinite(r[key]) for r in rows), key
     if arch == "mixtral":
-        loads = [v for k, v in rows[-1].items() if k.startswith("expert_load/layer0/")]
+        for layer in range(2):
+            loads = [v for k, v in rows[-1].items() if k.startswith(f"expert_load/layer{layer}/")]
+            assert len(loads) == 4 and abs(sum(loads) - 1.0) < 1e-4, loads
+        assert all(math.isfinite(r["aux_loss"]) and r["aux_loss"] > 0 for r in rows)
         assert len(loads) == 4 and sum(loads) == pytest.approx(1.0)
         assert rows[-1]["aux_loss"] > 0
         assert (tmp_path / arch / "expert_load.png").is_file()
@@ -163,3 +166,24 @@ def test_mismatched_shards_and_vocab_are_refused(tmp_path, demo_shards, ip_token
                       ip_tokenizer_dir, "llama", ["run.name=m"])
     with pytest.raises(ShardError, match="not found"):
         run_pretraining(cfg)
+
+
+def test_loss_falls_on_shared_english_patents(tmp_path, shared_data, ip_tokenizer_dir):
+    """The same tiny LLaMA learns real USPTO abstracts (../shared/data; skipped when absent)."""
+    from transformers import AutoTokenizer
+
+    from patentgpt.data.shards import ShardWriter, TokenizerInfo
+    from patentgpt.data.tokenize import read_jsonl, tokenize_texts
+    from patentgpt.train.pretrain import run_pretraining
+
+    texts = list(read_jsonl([shared_data / "patents/en/patentsview_abstracts.jsonl"], text_field="abstract"))[:600]
+    assert len(texts) == 600
+    tok = AutoTokenizer.from_pretrained(ip_tokenizer_dir)
+    with ShardWriter(tmp_path / "shards", TokenizerInfo.from_tokenizer(tok)) as writer:
+        tokenize_texts(texts, tok, writer)
+    shards = {"patents": tmp_path / "shards", "ip_law": tmp_path / "shards"}
+    cfg = make_config(tmp_path, shards, ip_tokenizer_dir, "llama",
+                      ["train.max_steps=40", "run.name=uspto", "checkpoint.export_at_end=false",
+                       "checkpoint.every_steps=100"])
+    losses = [l for _, l in run_pretraining(cfg)["losses"]]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
