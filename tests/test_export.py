@@ -16,7 +16,8 @@ def test_export_cli_on_zero3_checkpoint(tmp_path, demo_shards, ip_tokenizer_dir)
     from patentgpt.train.pretrain import run_pretraining
 
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "mixtral",
-                      ["train.max_steps=4", "checkpoint.every_steps=4", "run.name=z3", "deepspeed.zero_stage=3"])
+                      ["train.max_steps=4", "optim.warmup_steps=1", "checkpoint.every_steps=4", "run.name=z3",
+                       "deepspeed.zero_stage=3"])
     summary = run_pretraining(cfg)
     assert summary["export_max_logit_diff"] < 1e-5
     ckpt = tmp_path / "z3" / "checkpoints" / "step_00000004"

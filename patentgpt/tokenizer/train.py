@@ -51,12 +51,12 @@ def train_sentencepiece(*, texts: Iterable[str] | None = None, input_files: Sequ
             raise ConfigError("tokenizer training corpus is empty")
         tmp_prefix = prefix.with_name(prefix.name + ".tmp")
         spm.SentencePieceTrainer.train(input=files, model_prefix=str(tmp_prefix), **kwargs)
-        data = tmp_prefix.with_suffix(".model").read_bytes()
+        data = Path(f"{tmp_prefix}.model").read_bytes()  # SentencePiece appends the suffix
         for suffix in (".model", ".vocab"):
-            tmp_prefix.with_suffix(suffix).unlink(missing_ok=True)
+            Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)
     from patentgpt.io import atomic_open
 
-    out = prefix.with_suffix(".model")
+    out = Path(f"{prefix}.model")
     with atomic_open(out, "wb") as fh:
         fh.write(data)
     return out

@@ -15,6 +15,7 @@ import torch
 from patentgpt.config import save_config
 from patentgpt.data.loader import MixtureLoader
 from patentgpt.data.shards import ShardError, ShardSet, TokenizerInfo
+from patentgpt.model.vocab import MAX_EXTRA_ROWS, check_vocab
 from patentgpt.train.config import PretrainConfig, resolve_batch
 
 
@@ -94,11 +95,9 @@ def open_sources(cfg: PretrainConfig, tok_info: TokenizerInfo, model_vocab: int)
     return sources
 
 
-def check_model_vocab(model_vocab: int, tokenizer_len: int, where: str) -> None:
-    if model_vocab < tokenizer_len:
-        raise ShardError(
-            f"{where}: model vocab_size {model_vocab} is smaller than the tokenizer's {tokenizer_len} pieces; "
-            f"grow the model with `patentgpt model extend-vocab` or set model.vocab_size")
+def check_model_vocab(model_vocab: int, tokenizer_len: int, where: str, max_extra_rows: int | None = None) -> None:
+    """Model and tokenizer vocab agree (patentgpt.model.vocab.check_vocab; raises a ShardError)."""
+    check_vocab(model_vocab, tokenizer_len, where=where, max_extra_rows=max_extra_rows)
 
 
 def expert_fractions(router_logits, top_k: int, num_experts: int) -> np.ndarray:
@@ -118,18 +117,25 @@ def stage0_grad_norm(engine) -> float:
 
 
 @torch.no_grad()
-def export_logit_diff(module, export_dir: Path, input_ids: torch.Tensor) -> float:
-    """Largest absolute logit difference between the training module and its export."""
-    from transformers import AutoModelForCausalLM
-
-    exported = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+def training_logits(module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the training module in eval mode. Under ZeRO-3 every rank must call this
+    (the forward gathers partitioned parameters collectively)."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
-    ours = module(input_ids=input_ids.to(device)).logits.float().cpu()
-    theirs = exported(input_ids=input_ids).logits.float()
+    with torch.no_grad():
+        logits = module(input_ids=input_ids.to(device)).logits.float().cpu()
     module.train(was_training)
-    return float((ours - theirs).abs().max())
+    return logits
+
+
+@torch.no_grad()
+def export_logit_diff(logits: torch.Tensor, export_dir: Path, input_ids: torch.Tensor) -> float:
+    """Largest absolute difference between the training model's logits and its export's."""
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+    return float((logits - exported(input_ids=input_ids).logits.float()).abs().max())
 
 
 def forward_backward(engine, batch: dict, moe: bool):
@@ -189,7 +195,8 @@ def run_pretraining(cfg: PretrainConfig) -> dict:
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 - makes transformers build under zero.Init
     model = build_model(cfg.model, vocab, dtype=dtype, tokenizer=tokenizer)
-    check_model_vocab(model.config.vocab_size, len(tokenizer), f"model {cfg.model.init_from or cfg.model.arch}")
+    check_model_vocab(model.config.vocab_size, len(tokenizer), f"model {cfg.model.init_from or cfg.model.arch}",
+                      max_extra_rows=MAX_EXTRA_ROWS if cfg.model.init_from else None)
     for _, shards, _ in sources:
         shards.check_tokenizer(tok_info, model.config.vocab_size)
     moe = is_moe(model)
@@ -329,14 +336,19 @@ def run_pretraining(cfg: PretrainConfig) -> dict:
         if fractions_n:
             pngs.append(plot_expert_load(fractions_sum / fractions_n, run_dir / "expert_load.png"))
         monitor.log_files([p for p in pngs if p])
-        if cfg.checkpoint.export_at_end:
-            export_dir = export_checkpoint(last_ckpt, run_dir / "export")
+    if finished and cfg.checkpoint.export_at_end:
+        export_dir = run_dir / "export"
+        if rank == 0:
+            export_checkpoint(last_ckpt, export_dir)
             summary["export_dir"] = str(export_dir)
-            if cfg.deepspeed.zero_stage < 3:  # ZeRO-3 params are partitioned across ranks
-                probe = loader.next_step()[0]["input_ids"][:1]
-                summary["export_max_logit_diff"] = export_logit_diff(engine.module, export_dir, probe)
-                print(f"exported {export_dir}; max |logit diff| vs training model: "
-                      f"{summary['export_max_logit_diff']:.2e}")
+        barrier()
+        # Verify the export against the training model (all ranks run the forward: ZeRO-3).
+        probe = loader.next_step()[0]["input_ids"][:1]
+        logits = training_logits(engine.module, probe)
+        if rank == 0:
+            summary["export_max_logit_diff"] = export_logit_diff(logits, export_dir, probe)
+            print(f"exported {export_dir}; max |logit diff| vs training model: "
+                  f"{summary['export_max_logit_diff']:.2e}")
     barrier()
     monitor.finish()
     return summary
