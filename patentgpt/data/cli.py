@@ -1,4 +1,4 @@
-"""``patentgpt data ...``: corpus tokenization into shards (and the corpus pipeline)."""
+"""``patentgpt data ...``: corpus tokenization into shards, and the corpus pipeline (``data run``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("--overwrite", action="store_true")
     tok.set_defaults(func=_tokenize)
 
+    run = dsub.add_parser("run", help="run a corpus pipeline config: ingest, clean, filter, dedup, ... shards")
+    run.add_argument("config", help="pipeline config (configs/data/*.yaml)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted override, e.g. --set mixtures.tokenizer=runs/demo/tokenizer")
+    run.add_argument("--force-step", dest="force_steps", action="append", default=[], metavar="NAME",
+                     help="redo this step (and every step after it) even if it finished before")
+    run.add_argument("--check", action="store_true", help="validate the config, print it and exit")
+    run.set_defaults(func=_run)
+
 
 def _tokenize(args) -> int:
     from patentgpt.data.tokenize import tokenize_jsonl
@@ -25,4 +34,20 @@ def _tokenize(args) -> int:
                              overwrite=args.overwrite)
     print(f"wrote {summary['num_docs']} documents, {summary['num_tokens']} tokens to {args.out}"
           f" ({summary['rejected']} rejected, see {summary['rejects_file']})")
+    return 0
+
+
+def _run(args) -> int:
+    import yaml
+
+    from patentgpt.config import load_config
+    from patentgpt.data.pipeline.config import DataPipelineConfig
+    from patentgpt.data.pipeline.runner import check_config, run_pipeline
+
+    cfg = load_config(DataPipelineConfig, args.config, args.overrides)
+    if args.check:
+        check_config(cfg)
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+        return 0
+    run_pipeline(cfg, force_steps=tuple(args.force_steps))
     return 0

@@ -60,10 +60,38 @@ class SourceSpec(Section):
 
 
 class DataSection(Section):
+    mixture: str | None = Field(None, description="mixture.yaml written by `patentgpt data run`; its "
+                                "tokenizer and sources (paths relative to it) replace data.tokenizer/sources")
     tokenizer: str = Field(..., description="HF tokenizer directory used to make the shards")
     sources: list[SourceSpec] = Field(..., min_length=1)
     seq_len: int = Field(512, ge=8)
     add_bos: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mixture(cls, data):
+        """Read ``tokenizer`` and ``sources`` from a pipeline's mixture.yaml (data.mixture)."""
+        if not isinstance(data, dict) or not data.get("mixture"):
+            return data
+        from pathlib import Path
+
+        import yaml
+
+        path = Path(data["mixture"])
+        if not path.is_file():
+            raise ValueError(f"data.mixture: {path} not found (run `patentgpt data run` first)")
+        try:
+            mix = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"data.mixture: {path} is not valid YAML: {exc}") from None
+        if not isinstance(mix, dict) or not isinstance(mix.get("sources"), list):
+            raise ValueError(f"data.mixture: {path} has no 'sources' list")
+        out = dict(data)
+        out["sources"] = [{"name": s["name"], "weight": s["weight"],
+                           "path": str(path.parent / s["path"]) if not Path(s["path"]).is_absolute() else s["path"]}
+                          for s in mix["sources"]]
+        out["tokenizer"] = mix.get("tokenizer") or out.get("tokenizer")
+        return out
 
     @model_validator(mode="after")
     def _unique(self):
