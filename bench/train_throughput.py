@@ -6,7 +6,7 @@ its longest sequence (DataCollatorForLanguageModeling), ``Trainer.train()``. Pri
 tokens/s and useful (non-padding) tokens/s of both, their ratios, and MFU against a matmul
 peak measured on this machine in the same run.
 
-    python bench/train_throughput.py [--steps 30] [--seq-len 512] [--batch 8]
+    python bench/train_throughput.py [--steps 30] [--seq-len 512] [--batch 8] [--mix files records]
 """
 
 from __future__ import annotations
@@ -30,18 +30,30 @@ MODEL = ["model.hidden_size=256", "model.intermediate_size=688", "model.num_laye
          "model.num_kv_heads=8"]
 
 
-def load_texts(limit: int) -> tuple[list[str], str]:
+FILES = ["uspto_fulltext.jsonl", "historical_us_ocr.jsonl", "patentsview_abstracts.jsonl",
+         "tfh_annotated_abstracts.jsonl"]
+
+
+def load_texts(limit: int, mix: str) -> tuple[list[str], str]:
+    """Real patent text of varied lengths. ``files``: an equal share of long full texts, long
+    historical OCR and short abstracts; ``records``: a uniform sample of every English patent
+    record in ../shared/data (the corpus's own length distribution). The demo corpus otherwise."""
+    import random
+
     from patentgpt.data.tokenize import read_jsonl
 
-    files = [SHARED / "patents/en/uspto_fulltext.jsonl", SHARED / "patents/en/historical_us_ocr.jsonl",
-             SHARED / "patents/en/patentsview_abstracts.jsonl"]
-    if all(f.is_file() for f in files):
+    paths = [SHARED / "patents/en" / f for f in FILES]
+    if not all(p.is_file() for p in paths):
+        corpus = REPO / "patentgpt/assets/demo_corpus"
+        return list(read_jsonl(sorted(corpus.glob("*.jsonl")))), "demo corpus"
+    if mix == "files":
         texts = []
-        for f in files:  # interleave long full texts, long OCR and short abstracts
-            texts += list(read_jsonl([f]))[: limit // 3]
-        return texts, "shared patents (uspto fulltext + historical OCR + patentsview abstracts)"
-    corpus = REPO / "patentgpt/assets/demo_corpus"
-    return list(read_jsonl(sorted(corpus.glob("*.jsonl")))), "demo corpus"
+        for p in paths[:3]:
+            texts += list(read_jsonl([p]))[: limit // 3]
+        return texts, "shared patents, equal share per file: uspto fulltext, historical OCR, patentsview abstracts"
+    texts = list(read_jsonl(paths))
+    random.Random(0).shuffle(texts)
+    return texts[:limit], "shared patents, uniform sample of all English patent records"
 
 
 def run_ours(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
@@ -123,45 +135,64 @@ def run_trainer(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
             "useful_tokens_per_step": statistics.mean(stats["useful"][3:n])}
 
 
+def summarize(ours: dict, base: dict, config) -> dict:
+    from patentgpt.model.flops import flops_per_token
+
+    out = {"flops_per_token": flops_per_token(config, ours["seq_len"])}
+    for name, r in (("patentgpt", ours), ("hf_trainer_pad_longest", base)):
+        useful = r["useful_tokens_per_step"] / r["step_time_s"]
+        out[name] = {"tokens_per_sec": r["tokens_per_step"] / r["step_time_s"], "useful_tokens_per_sec": useful,
+                     "padding_fraction": 1 - r["useful_tokens_per_step"] / r["tokens_per_step"]}
+    out["ratio_tokens_per_sec"] = out["patentgpt"]["tokens_per_sec"] / out["hf_trainer_pad_longest"]["tokens_per_sec"]
+    out["ratio_useful_tokens_per_sec"] = (out["patentgpt"]["useful_tokens_per_sec"]
+                                          / out["hf_trainer_pad_longest"]["useful_tokens_per_sec"])
+    out["targets"] = {"tokens_per_sec_ratio>=1.0": out["ratio_tokens_per_sec"] >= 1.0,
+                      "useful_tokens_per_sec_ratio>=1.5": out["ratio_useful_tokens_per_sec"] >= 1.5}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--docs", type=int, default=1500)
+    p.add_argument("--mix", nargs="+", choices=["files", "records"], default=["files", "records"])
     args = p.parse_args()
 
+    # Only the JSON goes to stdout: libraries' prints are sent to stderr while we measure.
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
     import torch
 
     from patentgpt.demo import build_tokenizer
-    from patentgpt.model.flops import flops_per_token, measure_matmul_peak
+    from patentgpt.model.flops import measure_matmul_peak
 
     # The machine's matmul peak, measured before and after the runs (best of both), so a busy
     # moment during one measurement cannot inflate MFU.
     peak = measure_matmul_peak(torch.float32, seconds=3.0)
-    texts, source = load_texts(args.docs)
+    out = {"seq_len": args.seq_len, "batch": args.batch, "steps": args.steps, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        tok_dir = build_tokenizer(work / "tok", vocab_size=8000 if len(texts) > 500 else 2000)
-        ours = run_ours(work, tok_dir, texts, args)
-        base = run_trainer(work, tok_dir, texts, args)
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(work / "ours" / "checkpoints" / "step_{:08d}".format(args.steps) / "hf_config")
+        tok_dir = build_tokenizer(Path(tmp) / "tok", vocab_size=8000)
+        data = {mix: load_texts(args.docs, mix) for mix in args.mix}
+        # all our runs first (they share one process group), then the Trainer baselines
+        ours = {mix: {**run_ours(Path(tmp) / mix, tok_dir, texts, args), "seq_len": args.seq_len}
+                for mix, (texts, _) in data.items()}
+        for mix, (texts, source) in data.items():
+            base = run_trainer(Path(tmp) / mix, tok_dir, texts, args)
+            config = AutoConfig.from_pretrained(Path(tmp) / mix / "ours" / "checkpoints" /
+                                                f"step_{args.steps:08d}" / "hf_config")
+            out[mix] = {"data": source, "docs": len(texts), **summarize(ours[mix], base, config)}
     peak = max(peak, measure_matmul_peak(torch.float32, seconds=3.0))
-    out = {"data": source, "docs": len(texts), "seq_len": args.seq_len, "batch": args.batch, "steps": args.steps,
-           "threads": torch.get_num_threads(), "matmul_peak_gflops": peak / 1e9}
-    for name, r in (("patentgpt", ours), ("hf_trainer_pad_longest", base)):
-        tps = r["tokens_per_step"] / r["step_time_s"]
-        useful = r["useful_tokens_per_step"] / r["step_time_s"]
-        out[name] = {"tokens_per_sec": tps, "useful_tokens_per_sec": useful,
-                     "padding_fraction": 1 - r["useful_tokens_per_step"] / r["tokens_per_step"],
-                     "mfu_useful": useful * flops_per_token(config, args.seq_len) / peak}
-    out["ratio_tokens_per_sec"] = out["patentgpt"]["tokens_per_sec"] / out["hf_trainer_pad_longest"]["tokens_per_sec"]
-    out["ratio_useful_tokens_per_sec"] = (out["patentgpt"]["useful_tokens_per_sec"]
-                                          / out["hf_trainer_pad_longest"]["useful_tokens_per_sec"])
-    out["targets"] = {"tokens_per_sec_ratio>=1.0": out["ratio_tokens_per_sec"] >= 1.0,
-                      "useful_tokens_per_sec_ratio>=1.5": out["ratio_useful_tokens_per_sec"] >= 1.5}
+    out["matmul_peak_gflops"] = peak / 1e9
+    for mix in args.mix:  # model FLOPs of useful tokens / measured peak
+        for name in ("patentgpt", "hf_trainer_pad_longest"):
+            r = out[mix][name]
+            r["mfu_useful"] = r["useful_tokens_per_sec"] * out[mix]["flops_per_token"] / peak
+    sys.stdout.flush()
+    os.dup2(real_stdout, 1)
     print(json.dumps(out, indent=2))
 
 
