@@ -83,6 +83,8 @@ def _demo(args) -> int:
     mixture = out / "data" / "mixtures" / "stage1" / "mixture.yaml"
     overrides = [f"data.tokenizer={tokenizer_dir}", f"data.mixture={mixture}",
                  f"run.output_dir={out / 'runs'}", "checkpoint.resume=never", *args.overrides]
+    # Validate the pretraining config before any work; data.mixture can only be resolved once the
+    # pipeline has written it, so the full config is loaded again after step 2.
     load_config(PretrainConfig, args.config, [o for o in overrides if not o.startswith("data.mixture=")])
 
     print("== 1/4 IP tokenizer", flush=True)

@@ -95,11 +95,6 @@ def open_sources(cfg: PretrainConfig, tok_info: TokenizerInfo, model_vocab: int)
     return sources
 
 
-def check_model_vocab(model_vocab: int, tokenizer_len: int, where: str, max_extra_rows: int | None = None) -> None:
-    """Model and tokenizer vocab agree (patentgpt.model.vocab.check_vocab; raises a ShardError)."""
-    check_vocab(model_vocab, tokenizer_len, where=where, max_extra_rows=max_extra_rows)
-
-
 def expert_fractions(router_logits, top_k: int, num_experts: int) -> np.ndarray:
     """[layers, experts] share of routed (token, slot) pairs each expert received."""
     rows = []
@@ -172,7 +167,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
     tok_info = TokenizerInfo.from_tokenizer(tokenizer, name=Path(cfg.data.tokenizer).name)
     vocab = cfg.model.vocab_size or round_up(len(tokenizer))
-    check_model_vocab(vocab, len(tokenizer), "model.vocab_size")
+    check_vocab(vocab, tokenizer, where="model.vocab_size", max_extra_rows=None)
     sources = open_sources(cfg, tok_info, None)
     if tok_info.eos_id is None:
         raise ShardError(f"tokenizer {cfg.data.tokenizer} has no EOS token; packing needs one")
@@ -195,8 +190,8 @@ def run_pretraining(cfg: PretrainConfig) -> dict:
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 - makes transformers build under zero.Init
     model = build_model(cfg.model, vocab, dtype=dtype, tokenizer=tokenizer)
-    check_model_vocab(model.config.vocab_size, len(tokenizer), f"model {cfg.model.init_from or cfg.model.arch}",
-                      max_extra_rows=MAX_EXTRA_ROWS if cfg.model.init_from else None)
+    check_vocab(model.config.vocab_size, tokenizer, where=f"model {cfg.model.init_from or cfg.model.arch}",
+                max_extra_rows=MAX_EXTRA_ROWS if cfg.model.init_from else None)
     for _, shards, _ in sources:
         shards.check_tokenizer(tok_info, model.config.vocab_size)
     moe = is_moe(model)

@@ -33,6 +33,7 @@ from typing import Iterator, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from patentgpt.config import ConfigError, Section
+from patentgpt.model.vocab import check_vocab
 
 LANG_NAMES = {"en": "English", "zh": "Chinese", "other": "the original language"}
 PLACEHOLDERS = ("text", "lang")
@@ -187,10 +188,8 @@ def load_model(cfg: RewriteConfig):
     except (OSError, ValueError) as exc:
         raise ConfigError(f"rewrite.model: cannot load {cfg.model!r}: {exc}") from None
     prepare_tokenizer(tokenizer)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise ConfigError(f"rewrite.model: tokenizer has {len(tokenizer)} tokens but the model's embedding "
-                          f"table has {rows} rows: model and tokenizer do not match")
+    check_vocab(model.get_input_embeddings().weight.shape[0], tokenizer, where="rewrite.model",
+                max_extra_rows=None, model_hint=cfg.model, tokenizer_hint=cfg.model)
     if cfg.use_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"rewrite.use_chat_template: the tokenizer of {cfg.model!r} has no chat template")
     return model.to(_device(cfg.device)).eval(), tokenizer
