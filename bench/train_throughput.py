@@ -91,12 +91,13 @@ def run_trainer(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
     from patentgpt.config import load_config
     from patentgpt.model.build import build_model
     from patentgpt.train.config import ModelSection
+    from patentgpt.train.dist import RENDEZVOUS_ENV
 
     # Our run initialised a one-process gloo group; leave none behind, or Trainer would wrap the
     # baseline in DistributedDataParallel and charge it for that.
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in RENDEZVOUS_ENV:
         os.environ.pop(key, None)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     if tok.pad_token is None:
@@ -135,10 +136,10 @@ def run_trainer(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
             "useful_tokens_per_step": statistics.mean(stats["useful"][3:n])}
 
 
-def summarize(ours: dict, base: dict, config) -> dict:
+def summarize(ours: dict, base: dict, config, seq_len: int) -> dict:
     from patentgpt.model.flops import flops_per_token
 
-    out = {"flops_per_token": flops_per_token(config, ours["seq_len"])}
+    out = {"flops_per_token": flops_per_token(config, seq_len)}
     for name, r in (("patentgpt", ours), ("hf_trainer_pad_longest", base)):
         useful = r["useful_tokens_per_step"] / r["step_time_s"]
         out[name] = {"tokens_per_sec": r["tokens_per_step"] / r["step_time_s"], "useful_tokens_per_sec": useful,
@@ -178,13 +179,12 @@ def main() -> None:
         tok_dir = build_tokenizer(Path(tmp) / "tok", vocab_size=8000)
         data = {mix: load_texts(args.docs, mix) for mix in args.mix}
         # all our runs first (they share one process group), then the Trainer baselines
-        ours = {mix: {**run_ours(Path(tmp) / mix, tok_dir, texts, args), "seq_len": args.seq_len}
-                for mix, (texts, _) in data.items()}
+        ours = {mix: run_ours(Path(tmp) / mix, tok_dir, texts, args) for mix, (texts, _) in data.items()}
         for mix, (texts, source) in data.items():
             base = run_trainer(Path(tmp) / mix, tok_dir, texts, args)
             config = AutoConfig.from_pretrained(Path(tmp) / mix / "ours" / "checkpoints" /
                                                 f"step_{args.steps:08d}" / "hf_config")
-            out[mix] = {"data": source, "docs": len(texts), **summarize(ours[mix], base, config)}
+            out[mix] = {"data": source, "docs": len(texts), **summarize(ours[mix], base, config, args.seq_len)}
     peak = max(peak, measure_matmul_peak(torch.float32, seconds=3.0))
     out["matmul_peak_gflops"] = peak / 1e9
     for mix in args.mix:  # model FLOPs of useful tokens / measured peak

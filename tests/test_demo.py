@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from patentgpt.train.dist import env_without_rendezvous
 from tests.conftest import REPO
 
 
@@ -15,7 +16,7 @@ def test_demo_runs_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "patentgpt.cli", "demo", "--out", str(out), "--vocab-size", "2000",
                            "--set", "train.max_steps=8", "--set", "optim.warmup_steps=2",
                            "--set", "logging.wandb.mode=disabled"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+                          env=env_without_rendezvous(), capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "demo_report.json").read_text())
     records = sum(1 for f in (REPO / "patentgpt/assets/demo_corpus").glob("*.jsonl")

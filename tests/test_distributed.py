@@ -1,13 +1,13 @@
 """`deepspeed --num_gpus 2` on CPU (gloo), ZeRO-2: same losses as one process with the same global batch."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from patentgpt.train.dist import env_without_rendezvous
 from tests.conftest import REPO
 from tests.test_train import make_config, metrics
 
@@ -16,7 +16,7 @@ TOLERANCE = 1e-5  # absolute, on the step loss; observed: identical to the last 
 
 
 def _launch(cmd, cfg_path, name, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    env = {**env_without_rendezvous(), "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([*cmd, str(REPO / "launch" / "pretrain.py"), "--config", str(cfg_path),
                            "--set", f"run.name={name}"], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=600)

@@ -6,6 +6,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+from patentgpt.train.dist import env_without_rendezvous
 from tests.conftest import REPO
 from tests.test_train import make_config
 
@@ -23,7 +24,7 @@ def test_export_cli_on_zero3_checkpoint(tmp_path, demo_shards, ip_tokenizer_dir)
     ckpt = tmp_path / "z3" / "checkpoints" / "step_00000004"
     out = tmp_path / "exported"
     proc = subprocess.run([sys.executable, "-m", "patentgpt.cli", "export", str(ckpt), str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+                          env=env_without_rendezvous(), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "z3" / "export" / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -32,5 +33,5 @@ def test_export_cli_on_zero3_checkpoint(tmp_path, demo_shards, ip_tokenizer_dir)
     assert model.config.vocab_size >= len(tok) and model.config.model_type == "mixtral"
 
     bad = subprocess.run([sys.executable, "-m", "patentgpt.cli", "export", str(tmp_path / "nope"), str(out)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+                         env=env_without_rendezvous(), capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "not a complete PatentGPT checkpoint" in bad.stderr

@@ -6,6 +6,17 @@ import os
 import socket
 
 
+# The rendezvous variables a launcher sets (and init_distributed sets for a plain process).
+RENDEZVOUS_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def env_without_rendezvous(env: dict | None = None) -> dict:
+    """A copy of ``env`` (default: this process's) for launching another job: a process that
+    trained in-process has RANK, MASTER_PORT... set, and a child inheriting them would try to
+    join (or bind) this process's rendezvous port."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in RENDEZVOUS_ENV}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
