@@ -63,7 +63,7 @@ def run_ours(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
     from patentgpt.data.shards import ShardWriter, TokenizerInfo
     from patentgpt.data.tokenize import tokenize_texts
     from patentgpt.train.config import PretrainConfig
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     with ShardWriter(work / "shards", TokenizerInfo.from_tokenizer(tok)) as w:
@@ -75,7 +75,7 @@ def run_ours(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
         f"train.global_batch_size={args.batch}", "optim.warmup_steps=2", "logging.every_steps=1",
         "logging.wandb.mode=disabled", "checkpoint.every_steps=100000", "checkpoint.export_at_end=false",
         "deepspeed.zero_stage=0", f"model.vocab_size={len(tok)}"])
-    run_pretraining(cfg)
+    run_stage("pretrain", cfg)
     rows = [json.loads(ln) for ln in (work / "ours" / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in rows[3:]]
     tokens = args.batch * args.seq_len
@@ -90,7 +90,7 @@ def run_trainer(work: Path, tok_dir: Path, texts: list[str], args) -> dict:
 
     from patentgpt.config import load_config
     from patentgpt.model.build import build_model
-    from patentgpt.train.config import ModelSection
+    from patentgpt.model.config import ModelSection
     from patentgpt.train.dist import RENDEZVOUS_ENV
 
     # Our run initialised a one-process gloo group; leave none behind, or Trainer would wrap the

@@ -1,4 +1,4 @@
-"""Pretraining entry point: ``deepspeed --num_gpus N launch/pretrain.py --config CFG [--set k=v ...]``.
+"""Pretrain entry point: ``deepspeed --num_gpus N launch/pretrain.py --config CFG [--set k=v ...]``.
 
 Also runs as a single process: ``python launch/pretrain.py --config CFG``.
 """
@@ -8,4 +8,4 @@ import sys
 from patentgpt.train.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("pretrain"))

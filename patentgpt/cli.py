@@ -30,13 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from patentgpt.config import ConfigError
-    from patentgpt.data.shards import ShardError
+    from patentgpt.errors import USER_ERRORS
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ShardError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         print(f"patentgpt {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -72,7 +72,7 @@ def _demo(args) -> int:
     from patentgpt.data.pipeline.runner import run_pipeline
     from patentgpt.io import atomic_write_json
     from patentgpt.train.config import PretrainConfig
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     t0 = time.time()
     out = Path(args.out)
@@ -93,7 +93,7 @@ def _demo(args) -> int:
     data_report = run_pipeline(data_cfg)
     print("== 3/4 stage-1 pretraining", flush=True)
     cfg = load_config(PretrainConfig, args.config, overrides)
-    summary = run_pretraining(cfg)
+    summary = run_stage("pretrain", cfg)
     losses = summary["losses"]
     print("== 4/4 generation from the exported model", flush=True)
     samples = generate(Path(summary["export_dir"]), PROMPTS)

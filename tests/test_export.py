@@ -14,12 +14,12 @@ from tests.test_train import make_config
 def test_export_cli_on_zero3_checkpoint(tmp_path, demo_shards, ip_tokenizer_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "mixtral",
                       ["train.max_steps=4", "optim.warmup_steps=1", "checkpoint.every_steps=4", "run.name=z3",
                        "deepspeed.zero_stage=3"])
-    summary = run_pretraining(cfg)
+    summary = run_stage("pretrain", cfg)
     assert summary["export_max_logit_diff"] < 1e-5
     ckpt = tmp_path / "z3" / "checkpoints" / "step_00000004"
     out = tmp_path / "exported"

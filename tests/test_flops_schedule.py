@@ -5,7 +5,8 @@ import torch
 
 from patentgpt.model.build import build_model
 from patentgpt.model.flops import active_matmul_params, flops_per_token
-from patentgpt.train.config import ModelSection, OptimSection
+from patentgpt.model.config import ModelSection
+from patentgpt.train.config import OptimSection
 from patentgpt.train.schedule import lr_at
 
 

@@ -43,12 +43,12 @@ def metrics(run_dir):
 def test_loss_falls_on_demo_corpus_and_export_matches(tmp_path, demo_shards, ip_tokenizer_dir, arch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, arch,
                       ["train.max_steps=40", "checkpoint.every_steps=20", "run.name=" + arch,
                        "deepspeed.zero_stage=" + ("0" if arch == "llama" else "2")])
-    summary = run_pretraining(cfg)
+    summary = run_stage("pretrain", cfg)
     losses = [l for _, l in summary["losses"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.0, (first, last)
@@ -84,13 +84,13 @@ def test_loss_falls_on_demo_corpus_and_export_matches(tmp_path, demo_shards, ip_
 def test_resume_reproduces_uninterrupted_run(tmp_path, demo_shards, ip_tokenizer_dir, arch, stage):
     """N steps, stop, resume to 2N == an uninterrupted 2N-step run (tolerance 1e-6 on the loss)."""
     from patentgpt.train.checkpoint import latest_checkpoint
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     common = ["train.max_steps=12", "checkpoint.every_steps=100", "checkpoint.export_at_end=false",
               f"deepspeed.zero_stage={stage}"]
-    full = run_pretraining(make_config(tmp_path, demo_shards, ip_tokenizer_dir, arch, [*common, "run.name=full"]))
+    full = run_stage("pretrain", make_config(tmp_path, demo_shards, ip_tokenizer_dir, arch, [*common, "run.name=full"]))
     part = make_config(tmp_path, demo_shards, ip_tokenizer_dir, arch, [*common, "run.name=part"])
-    first = run_pretraining(part.model_copy(update={"train": part.train.model_copy(update={"stop_at_step": 6})}))
+    first = run_stage("pretrain", part.model_copy(update={"train": part.train.model_copy(update={"stop_at_step": 6})}))
     assert not first["finished"] and first["steps"] == 6
     ckpts = tmp_path / "part" / "checkpoints"
     # a write killed half-way (hidden temp dir, or a step dir without its COMPLETE marker) is never resumed
@@ -98,7 +98,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, demo_shards, ip_tokenizer
     shutil.copytree(ckpts / "step_00000006", ckpts / "step_00000010")
     (ckpts / "step_00000010" / "COMPLETE").unlink()
     assert latest_checkpoint(ckpts).name == "step_00000006"
-    second = run_pretraining(part)
+    second = run_stage("pretrain", part)
     assert second["finished"]
     resumed = dict(second["losses"])
     assert sorted(resumed) == list(range(7, 13))
@@ -109,31 +109,33 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, demo_shards, ip_tokenizer
 
 
 def test_nan_and_spike_steps_are_skipped_then_training_stops(tmp_path, demo_shards, ip_tokenizer_dir, monkeypatch):
-    import patentgpt.train.pretrain as P
+    from patentgpt.errors import TrainingDiverged
+    from patentgpt.train.lm import CausalLMStage
+    from patentgpt.train.stages import run_stage
 
-    real = P.forward_backward
+    real = CausalLMStage.micro_step
     calls = {"n": 0}
     accum = 2  # global 8 / micro 4
 
-    def faulty(engine, batch, moe):
-        loss, aux, router = real(engine, batch, moe)
+    def faulty(self, engine, batch, items):
+        loss, stats = real(self, engine, batch, items)
         step = calls["n"] // accum + 1
         calls["n"] += 1
         if step in (4, 9):
-            return torch.tensor(float("nan")), aux, router
+            return loss, {**stats, "loss_sum": float("nan")}
         if step == 7:
-            return loss * 100, aux, router
+            return loss, {**stats, "loss_sum": stats["loss_sum"] * 100}
         if step >= 12:
-            return torch.tensor(float("inf")), aux, router
-        return loss, aux, router
+            return loss, {**stats, "loss_sum": float("inf")}
+        return loss, stats
 
-    monkeypatch.setattr(P, "forward_backward", faulty)
+    monkeypatch.setattr(CausalLMStage, "micro_step", faulty)
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama",
                       ["train.max_steps=30", "run.name=faulty", "train.spike_warmup_steps=3",
                        "train.max_consecutive_bad_steps=3", "checkpoint.export_at_end=false",
                        "checkpoint.every_steps=100"])
-    with pytest.raises(P.TrainingDiverged, match="3 consecutive bad steps"):
-        P.run_pretraining(cfg)
+    with pytest.raises(TrainingDiverged, match="3 consecutive bad steps"):
+        run_stage("pretrain", cfg)
     rows = {r["step"]: r for r in metrics(tmp_path / "faulty")}
     assert rows[4]["skip_reason"] == "non_finite" and rows[9]["skip_reason"] == "non_finite"
     assert rows[7]["skip_reason"] == "spike"
@@ -157,15 +159,15 @@ def test_skipped_step_leaves_weights_untouched():
 
 def test_mismatched_shards_and_vocab_are_refused(tmp_path, demo_shards, ip_tokenizer_dir):
     from patentgpt.data.shards import ShardError
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama", ["model.vocab_size=512", "run.name=v"])
     with pytest.raises(ShardError, match="vocab_size 512 is smaller"):
-        run_pretraining(cfg)
+        run_stage("pretrain", cfg)
     cfg = make_config(tmp_path, {"patents": tmp_path / "nope", "ip_law": demo_shards["ip_law"]},
                       ip_tokenizer_dir, "llama", ["run.name=m"])
     with pytest.raises(ShardError, match="not found"):
-        run_pretraining(cfg)
+        run_stage("pretrain", cfg)
 
 
 def test_loss_falls_on_shared_english_patents(tmp_path, shared_data, ip_tokenizer_dir):
@@ -174,7 +176,7 @@ def test_loss_falls_on_shared_english_patents(tmp_path, shared_data, ip_tokenize
 
     from patentgpt.data.shards import ShardWriter, TokenizerInfo
     from patentgpt.data.tokenize import read_jsonl, tokenize_texts
-    from patentgpt.train.pretrain import run_pretraining
+    from patentgpt.train.stages import run_stage
 
     texts = list(read_jsonl([shared_data / "patents/en/patentsview_abstracts.jsonl"], text_field="abstract"))[:600]
     assert len(texts) == 600
@@ -185,5 +187,5 @@ def test_loss_falls_on_shared_english_patents(tmp_path, shared_data, ip_tokenize
     cfg = make_config(tmp_path, shards, ip_tokenizer_dir, "llama",
                       ["train.max_steps=40", "run.name=uspto", "checkpoint.export_at_end=false",
                        "checkpoint.every_steps=100"])
-    losses = [l for _, l in run_pretraining(cfg)["losses"]]
+    losses = [l for _, l in run_stage("pretrain", cfg)["losses"]]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses

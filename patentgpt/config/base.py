@@ -12,12 +12,10 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from patentgpt.errors import ConfigError  # re-exported as patentgpt.config.ConfigError
+
 PARENT_KEY = "parent"
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|(access|auth|api|hf|wandb|bearer)_?token)", re.I)
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
 
 
 class Section(BaseModel):

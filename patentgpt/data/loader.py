@@ -36,10 +36,15 @@ class SourceState:
 class SourceStream:
     """An endless, seeded, epoch-shuffled token stream over one shard set."""
 
-    def __init__(self, shards: ShardSet, seed: int, index: int, eos_id: int, bos_id: int | None):
+    def __init__(self, shards: ShardSet, seed: int, index: int, eos_id: int, bos_id: int | None,
+                 doc_ids: np.ndarray | None = None):
         if len(shards) == 0:
             raise ShardError(f"{shards.path} holds no documents")
         self.shards = shards
+        # the documents this stream draws from (all, or the training split of a held-out split)
+        self.doc_ids = np.arange(len(shards)) if doc_ids is None else np.asarray(doc_ids, dtype=np.int64)
+        if len(self.doc_ids) == 0:
+            raise ShardError(f"{shards.path}: no documents left for training")
         self.seed = seed
         self.index = index
         self.prefix = [bos_id] if bos_id is not None else []
@@ -51,7 +56,7 @@ class SourceStream:
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
             rng = np.random.default_rng([self.seed, self.index, epoch])
-            self._perm = rng.permutation(len(self.shards))
+            self._perm = self.doc_ids[rng.permutation(len(self.doc_ids))]
             self._perm_epoch = epoch
         return self._perm
 
@@ -72,7 +77,7 @@ class SourceStream:
             if st.offset >= len(doc):
                 st.offset = 0
                 st.pos += 1
-                if st.pos >= len(self.shards):
+                if st.pos >= len(self.doc_ids):
                     st.pos = 0
                     st.epoch += 1
         return out
@@ -83,7 +88,7 @@ class MixtureLoader:
 
     def __init__(self, sources: list[tuple[str, ShardSet, float]], *, seq_len: int, micro_batch_size: int,
                  grad_accum_steps: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 eos_id: int, bos_id: int | None = None):
+                 eos_id: int, bos_id: int | None = None, train_docs: dict[str, np.ndarray] | None = None):
         if not sources:
             raise ShardError("no data sources")
         weights = np.asarray([w for _, _, w in sources], dtype=np.float64)
@@ -91,7 +96,9 @@ class MixtureLoader:
             raise ShardError("source weights must be positive")
         self.names = [name for name, _, _ in sources]
         self.probs = weights / weights.sum()
-        self.streams = [SourceStream(s, seed, i, eos_id, bos_id) for i, (_, s, _) in enumerate(sources)]
+        train_docs = train_docs or {}
+        self.streams = [SourceStream(s, seed, i, eos_id, bos_id, train_docs.get(name))
+                        for i, (name, s, _) in enumerate(sources)]
         self.seq_len = seq_len
         self.micro = micro_batch_size
         self.accum = grad_accum_steps
@@ -158,3 +165,32 @@ class MixtureLoader:
         self.seq_index = int(state["seq_index"])
         for name, stream in zip(self.names, self.streams):
             stream.state = SourceState(**state["sources"][name])
+
+
+def holdout_split(num_docs: int, fraction: float, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, held-out ids) of a source: a seeded ``fraction`` of its documents (at least
+    one) held out; the same seed always holds out the same documents."""
+    if fraction <= 0:
+        return np.arange(num_docs), np.zeros(0, dtype=np.int64)
+    k = max(1, int(round(fraction * num_docs)))
+    if k >= num_docs:
+        raise ShardError(f"holding out {k} of {num_docs} documents leaves none for training; lower eval.holdout")
+    perm = np.random.default_rng([seed, 104729, index]).permutation(num_docs)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def pack_documents(docs: list[np.ndarray], seq_len: int, max_sequences: int, *, eos_id: int,
+                   bos_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out documents framed (BOS, doc, EOS), cut into at most ``max_sequences`` rows:
+    (input ids, labels); the last row is padded with EOS whose labels are -100 (not counted)."""
+    prefix = np.asarray([bos_id] if bos_id is not None else [], np.int64)
+    suffix = np.asarray([eos_id], np.int64)
+    parts = [np.concatenate([prefix, d.astype(np.int64), suffix]) for d in docs]
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    stream = stream[: max_sequences * seq_len]
+    rows = -(-len(stream) // seq_len)
+    ids = np.full(rows * seq_len, eos_id, dtype=np.int64)
+    labels = np.full(rows * seq_len, -100, dtype=np.int64)
+    ids[: len(stream)] = stream
+    labels[: len(stream)] = stream
+    return ids.reshape(rows, seq_len), labels.reshape(rows, seq_len)

@@ -25,15 +25,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from patentgpt.errors import ShardError  # re-exported as patentgpt.data.shards.ShardError
 from patentgpt.io import atomic_write_json, publish_dir
 
 FORMAT = "patentgpt-token-shards"
 VERSION = 1
 META = "meta.json"
-
-
-class ShardError(ValueError):
-    """Missing, incomplete, corrupt or mismatched shards."""
 
 
 @dataclass(frozen=True)

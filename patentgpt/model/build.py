@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from patentgpt.model.kernels import prepare_kernels
-from patentgpt.train.config import ModelSection
+from patentgpt.model.config import ModelSection
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

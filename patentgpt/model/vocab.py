@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from patentgpt.config import ConfigError
-from patentgpt.data.shards import ShardError
+from patentgpt.errors import ConfigError, ShardError
 
 # A model may have more rows than its tokenizer has pieces (padding to a multiple of 64/128,
 # reserved rows: Qwen-style models carry a few hundred). More than this means another tokenizer.

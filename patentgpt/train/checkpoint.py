@@ -4,12 +4,15 @@ Layout of ``RUN_DIR/checkpoints/step_00000100/``::
 
     ds/                 DeepSpeed's files (model, optimizer and ZeRO partitions of every rank)
     rng/rank_00000.pt   per-rank RNG states (tensors only: loads with weights_only=True)
-    trainer_state.json  step, loader position, loss statistics, skipped-step counters
+    trainer_state.json  step, world size, and the state_dict() of every named stateful part:
+                        progress (tokens seen), loader position, loss guard, the stage's own state
     config.yaml         the resolved run config
     hf_config/          the model's transformers config (for export)
     tokenizer/          the run's tokenizer (for export)
     COMPLETE            written last, just before the directory is renamed into place
 
+Every stateful part of a run goes through one protocol: an object with ``state_dict()`` (JSON
+values) and ``load_state_dict(state)``, registered by name (see :class:`patentgpt.train.trainer.Trainer`).
 A checkpoint is written under ``.tmp-step_*`` and renamed only when every rank has finished,
 so a run killed mid-write leaves a hidden directory that resume ignores and removes.
 """
@@ -77,9 +80,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(engine, root: str | Path, step: int, trainer_state: dict, *, rank: int,
-                    keep_last: int, extra_files: dict | None = None) -> Path:
-    """Save on every rank; returns the published directory. ``extra_files`` (rank 0): name -> writer(path)."""
+def save_checkpoint(engine, root: str | Path, step: int, states: dict, *, rank: int, keep_last: int,
+                    extra_files: dict | None = None, meta: dict | None = None) -> Path:
+    """Save on every rank; returns the published directory.
+
+    ``states``: name -> object with ``state_dict()``; ``meta``: plain values stored beside them;
+    ``extra_files`` (rank 0): name -> writer(path)."""
+    from patentgpt.train.engine import UNIVERSAL_INFO
+
     root = Path(root)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}"
@@ -87,13 +95,14 @@ def save_checkpoint(engine, root: str | Path, step: int, trainer_state: dict, *,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False, client_state=dict(UNIVERSAL_INFO))
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     barrier()
     if rank == 0:
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
+        trainer_state = {"step": step, **(meta or {}), **{name: obj.state_dict() for name, obj in states.items()}}
         atomic_write_json(tmp / "trainer_state.json", trainer_state)
         atomic_write_json(tmp / COMPLETE, {"step": step})
         publish_dir(tmp, final)
@@ -115,8 +124,12 @@ def clean_incomplete(root: str | Path) -> list[Path]:
     return removed
 
 
-def load_checkpoint(engine, ckpt: Path, *, rank: int) -> dict:
-    """Restore DeepSpeed state and this rank's RNG; return the trainer state."""
+def read_trainer_state(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / "trainer_state.json").read_text())
+
+
+def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int) -> dict:
+    """Restore DeepSpeed state, this rank's RNG and every named state; returns the trainer state."""
     load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
@@ -124,4 +137,11 @@ def load_checkpoint(engine, ckpt: Path, *, rank: int) -> dict:
     rng_file = ckpt / "rng" / f"rank_{rank:05d}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved
         _set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    trainer_state = read_trainer_state(ckpt)
+    missing = [name for name in states if name not in trainer_state]
+    if missing:
+        raise RuntimeError(f"{ckpt}: trainer_state.json has no state for {missing}; it was written by "
+                           "another stage or an older version")
+    for name, obj in states.items():
+        obj.load_state_dict(trainer_state[name])
+    return trainer_state

@@ -1,4 +1,4 @@
-"""``patentgpt pretrain`` / ``launch/pretrain.py`` and ``patentgpt export``."""
+"""``patentgpt pretrain|sft|rm`` / ``launch/<stage>.py`` (what ``deepspeed`` runs) and ``patentgpt export``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,26 @@ import argparse
 import json
 import sys
 
+HELP = {
+    "pretrain": "continued pretraining on DeepSpeed (dense or MoE)",
+    "sft": "supervised fine-tuning on chat data (assistant-only loss, packed conversations)",
+    "rm": "reward model: scalar head, Bradley-Terry loss on preference pairs",
+}
+
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config (may name a parent)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="continued pretraining on DeepSpeed (dense or MoE)")
-    add_config_args(p)
-    p.add_argument("--check", action="store_true", help="validate the config and exit")
-    p.set_defaults(func=_pretrain)
+    for stage, text in HELP.items():
+        p = sub.add_parser(stage, help=text)
+        add_config_args(p)
+        p.set_defaults(func=_train, stage=stage)
 
     e = sub.add_parser("export", help="checkpoint -> transformers model directory (safetensors)")
     e.add_argument("checkpoint", help="RUN_DIR/checkpoints/step_XXXXXXXX")
@@ -27,21 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
 
-def _pretrain(args) -> int:
+def _train(args) -> int:
     from patentgpt.config import load_config
-    from patentgpt.train.config import PretrainConfig
+    from patentgpt.train.stages import config_class, run_stage
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg = load_config(config_class(args.stage), args.config, args.overrides)
     if args.check:
         print(cfg.model_dump_json(indent=2))
         return 0
-    from patentgpt.train.pretrain import run_pretraining
-
-    summary = run_pretraining(cfg)
+    summary = run_stage(args.stage, cfg)
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "evals")}, indent=2,
+                         ensure_ascii=False))
     return 0
 
 
@@ -52,17 +58,16 @@ def _export(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of launch/pretrain.py (what ``deepspeed launch/pretrain.py`` runs)."""
-    from patentgpt.config import ConfigError
-    from patentgpt.data.shards import ShardError
+def main(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``launch/<stage>.py`` (what ``deepspeed launch/<stage>.py`` runs)."""
+    from patentgpt.errors import USER_ERRORS
 
-    parser = argparse.ArgumentParser(prog="launch/pretrain.py", description="PatentGPT pretraining")
+    parser = argparse.ArgumentParser(prog=f"launch/{stage}.py", description=f"PatentGPT {stage}: {HELP[stage]}")
     add_config_args(parser)
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
     args = parser.parse_args(argv)
+    args.stage = stage
     try:
-        return _pretrain(args)
-    except (ConfigError, ShardError, FileNotFoundError) as exc:
-        print(f"pretrain: error: {exc}", file=sys.stderr)
+        return _train(args)
+    except USER_ERRORS as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
         return 2

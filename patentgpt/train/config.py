@@ -1,4 +1,9 @@
-"""Schema of a pretraining run (``configs/pretrain/*.yaml``)."""
+"""Schemas of training runs: the sections every stage shares, and each stage's config.
+
+Every stage config is a :class:`TrainConfigBase` (run, model, optim, train, deepspeed,
+checkpoint, logging, eval) plus its own ``data`` section: pretraining reads token shards,
+SFT reads chat records, the reward model reads preference pairs.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +12,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from patentgpt.config import ConfigError, Section
+from patentgpt.model.config import ModelSection
 
 
 class RunSection(Section):
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 1234
-
-
-class ModelSection(Section):
-    arch: Literal["llama", "mixtral"] = "llama"
-    init_from: str | None = Field(None, description="HF model directory to continue pretraining from")
-    trust_remote_code: bool = False
-    vocab_size: int | None = Field(None, ge=8, description="default: the tokenizer's size rounded up to 64")
-    hidden_size: int = Field(256, ge=8)
-    intermediate_size: int = Field(688, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; default num_heads")
-    max_position_embeddings: int = Field(4096, ge=16)
-    rope_theta: float = Field(10000.0, gt=0)
-    rope_scaling: dict[str, Any] | None = None
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-    initializer_range: float = 0.02
-    # Mixture of experts (arch: mixtral)
-    num_experts: int = Field(8, ge=1)
-    experts_per_token: int = Field(2, ge=1)
-    router_aux_loss_coef: float = Field(0.01, ge=0)
-    # Kernels
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    experts_implementation: Literal["eager", "grouped_mm", "megablocks"] = "eager"
-
-    @model_validator(mode="after")
-    def _check(self):
-        kv = self.num_kv_heads or self.num_heads
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"model.hidden_size {self.hidden_size} is not divisible by model.num_heads {self.num_heads}")
-        if self.num_heads % kv:
-            raise ValueError(f"model.num_heads {self.num_heads} is not divisible by model.num_kv_heads {kv}")
-        if self.experts_per_token > self.num_experts:
-            raise ValueError("model.experts_per_token exceeds model.num_experts")
-        if self.arch == "llama" and self.experts_implementation != "eager":
-            raise ValueError("model.experts_implementation applies to arch: mixtral only")
-        return self
 
 
 class SourceSpec(Section):
@@ -156,28 +124,112 @@ class LoggingSection(Section):
     wandb: WandbSection = Field(default_factory=WandbSection)
 
 
-class PretrainConfig(Section):
+class EvalSection(Section):
+    every_steps: int | None = Field(None, ge=1, description="evaluate the held-out split every N steps "
+                                    "(and at the end); default: only at the end when holdout > 0")
+    holdout: float = Field(0.0, ge=0, lt=1, description="share of each source's documents / records held "
+                           "out of training for validation (at least one when > 0)")
+    max_batches: int = Field(8, ge=1, description="validation micro-batches per source")
+    at_start: bool = Field(True, description="also evaluate before the first step (step 0)")
+
+
+class TrainConfigBase(Section):
+    """What every training stage shares; a stage adds its ``data`` section."""
+
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
     @model_validator(mode="after")
-    def _check(self):
-        if self.data.seq_len > self.model.max_position_embeddings:
-            raise ValueError(f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
-                             f"{self.model.max_position_embeddings}")
+    def _check_schedule(self):
         if self.optim.warmup_steps >= self.train.max_steps and self.train.max_steps > 1:
             raise ValueError(f"optim.warmup_steps {self.optim.warmup_steps} must be < train.max_steps "
                              f"{self.train.max_steps}")
         return self
 
 
-def resolve_batch(cfg: PretrainConfig, world_size: int) -> tuple[int, int, int]:
+class PretrainConfig(TrainConfigBase):
+    data: DataSection
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ValueError(f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
+                             f"{self.model.max_position_embeddings}")
+        return self
+
+
+class ChatSourceSpec(Section):
+    name: str
+    path: str = Field(..., description="JSONL or JSON array: chat `messages`, alpaca or sharegpt records")
+    weight: float = Field(1.0, gt=0, description="sampling weight of this source among the others")
+    format: Literal["auto", "messages", "alpaca", "sharegpt"] = "auto"
+
+
+class SFTDataSection(Section):
+    tokenizer: str | None = Field(None, description="HF tokenizer dir with a chat template; default: "
+                                  "model.init_from's")
+    sources: list[ChatSourceSpec] = Field(..., min_length=1)
+    seq_len: int = Field(512, ge=8)
+    packing: bool = Field(True, description="several conversations per sequence, no attention across them")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"data.sources: duplicate source names {names}")
+        return self
+
+
+class SFTConfig(TrainConfigBase):
+    data: SFTDataSection
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.data.seq_len > self.model.max_position_embeddings and not self.model.init_from:
+            raise ValueError(f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
+                             f"{self.model.max_position_embeddings}")
+        if not self.model.init_from and not self.data.tokenizer:
+            raise ValueError("data.tokenizer: required when model.init_from is not set")
+        return self
+
+
+class PairSourceSpec(Section):
+    name: str
+    path: str = Field(..., description="JSONL / JSON array of preference pairs (prompt or messages, chosen, "
+                      "rejected; sharegpt DPO; hh-rlhf dialogues), .gz read transparently")
+    weight: float = Field(1.0, gt=0)
+
+
+class PairDataSection(Section):
+    tokenizer: str | None = Field(None, description="default: model.init_from's")
+    sources: list[PairSourceSpec] = Field(..., min_length=1)
+    max_len: int = Field(512, ge=8, description="prompt + response tokens; longer pairs are set aside")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"data.sources: duplicate source names {names}")
+        return self
+
+
+class RewardConfig(TrainConfigBase):
+    data: PairDataSection
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.model.init_from and not self.data.tokenizer:
+            raise ValueError("data.tokenizer: required when model.init_from is not set")
+        return self
+
+
+def resolve_batch(cfg: TrainConfigBase, world_size: int) -> tuple[int, int, int]:
     """(micro, accum, global) agreeing with ``world_size``; raises ConfigError naming the keys."""
     t = cfg.train
     micro = t.micro_batch_size

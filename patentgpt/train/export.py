@@ -25,9 +25,30 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in states["module"].items()}
 
 
+def model_class(config):
+    """The transformers class named by ``config.architectures`` (e.g. ``LlamaForCausalLM``, or
+    ``LlamaForSequenceClassification`` for a reward model). Only transformers' own classes."""
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None or not isinstance(cls, type):
+        raise ValueError(f"config names no transformers model class (architectures={names!r})")
+    return cls
+
+
+def load_exported(export_dir: str | Path, dtype=torch.float32):
+    """An exported directory loaded with the class its config names (what the Auto classes pick)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(export_dir)
+    return model_class(config).from_pretrained(export_dir, dtype=dtype)
+
+
 def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32") -> Path:
-    """Write ``out`` with safetensors weights, config and tokenizer; atomic."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Write ``out`` with safetensors weights, config and tokenizer; atomic. The model class is
+    the one the checkpoint's config names (causal LM, or sequence classification for a reward model)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     ckpt, out = Path(ckpt), Path(out)
     if not (ckpt / COMPLETE).is_file():
@@ -35,7 +56,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32") ->
     config = AutoConfig.from_pretrained(ckpt / "hf_config")
     state = consolidated_state_dict(ckpt)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = model_class(config)(config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
@@ -47,6 +68,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32") ->
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(ckpt / "tokenizer").save_pretrained(tmp)
+    if (ckpt / "tokenizer").is_dir():
+        AutoTokenizer.from_pretrained(ckpt / "tokenizer").save_pretrained(tmp)
     publish_dir(tmp, out)
     return out

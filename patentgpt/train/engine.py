@@ -1,0 +1,81 @@
+"""DeepSpeed set-up shared by every stage: the engine config, ZeRO-3 construction, the engine."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from patentgpt.config.base import _deep_merge
+from patentgpt.train.config import TrainConfigBase
+
+# Written into every checkpoint so DeepSpeed's ds_to_universal converter accepts it.
+UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}}
+
+
+def deepspeed_config(cfg: TrainConfigBase, micro: int, accum: int, global_batch: int) -> dict:
+    zero = {"stage": cfg.deepspeed.zero_stage, "overlap_comm": cfg.deepspeed.overlap_comm,
+            "contiguous_gradients": True}
+    if cfg.deepspeed.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ds = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(ds, cfg.deepspeed.extra)
+
+
+@contextlib.contextmanager
+def model_construction(ds_config: dict):
+    """Build models inside this: under ZeRO-3, transformers then creates them partitioned
+    (``HfDeepSpeedConfig`` must be alive while ``from_pretrained`` / ``from_config`` run)."""
+    keep_alive = None
+    if ds_config["zero_optimization"]["stage"] == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
+    try:
+        yield
+    finally:
+        del keep_alive
+
+
+def moe_block_type(model):
+    """The sparse MoE block class of a transformers MoE model, or None for a dense one."""
+    if not getattr(model.config, "num_local_experts", 0):
+        return None
+    base = getattr(model, "model", model)
+    return type(base.layers[0].mlp)
+
+
+def make_engine(model, cfg: TrainConfigBase, ds_config: dict):
+    """(engine, optimizer): the model wrapped by DeepSpeed with our skippable AdamW."""
+    import deepspeed
+
+    from patentgpt.train.optim import SkippableAdamW, param_groups
+
+    block = moe_block_type(model)
+    if block is not None and cfg.deepspeed.zero_stage == 3:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, [block])  # ranks routing to different experts must not hang
+    if cfg.train.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine, optimizer
+
+
+def stage0_grad_norm(engine) -> float:
+    """Global gradient norm before clipping; without ZeRO, DeepSpeed does not report it."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0

@@ -1,0 +1,139 @@
+"""What the causal-LM stages (pretraining, SFT) share on the core: the token-normalised loss,
+MoE statistics, held-out loss and perplexity by group, and the expert-load picture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from patentgpt.train.stage import RunContext, Stage
+
+IGNORE = -100
+
+
+def count_label_targets(labels: torch.Tensor) -> int:
+    """Tokens that count in a causal-LM loss: labels shift left by one, -100 does not count."""
+    return int((labels[..., 1:] != IGNORE).sum())
+
+
+def expert_fractions(router_logits, top_k: int, num_experts: int) -> np.ndarray:
+    """[layers, experts] share of routed (token, slot) pairs each expert received."""
+    rows = []
+    for logits in router_logits:
+        idx = torch.topk(logits.detach().float(), top_k, dim=-1).indices.reshape(-1)
+        counts = torch.bincount(idx, minlength=num_experts).double()
+        rows.append((counts / counts.sum()).cpu().numpy())
+    return np.stack(rows)
+
+
+@torch.no_grad()
+def label_loss_sum(module, batch: dict) -> tuple[float, int]:
+    """(sum of token losses, counted tokens) of ``batch`` under ``module`` (no labels passed in, so
+    a MoE model adds no auxiliary loss)."""
+    device = next(module.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    logits = module(**inputs, use_cache=False).logits.float()
+    labels = batch["labels"].to(device)[:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return float(loss), count_label_targets(batch["labels"])
+
+
+def evaluate_groups(module, groups: dict[str, list[dict]], langs: dict[str, str | None]) -> dict[str, float]:
+    """Held-out loss and perplexity per group, per language (``langs``: group -> language) and overall."""
+    if not groups:
+        return {}
+    was_training = module.training
+    module.eval()
+    per_group = {}
+    for name, batches in groups.items():
+        total, n = 0.0, 0
+        for batch in batches:
+            s, c = label_loss_sum(module, batch)
+            total, n = total + s, n + c
+        per_group[name] = (total, n)
+    module.train(was_training)
+
+    out: dict[str, float] = {}
+
+    def put(prefix: str, total: float, n: int) -> None:
+        if n:
+            out[f"{prefix}loss"] = total / n
+            out[f"{prefix}ppl"] = math.exp(min(total / n, 50.0))
+
+    by_lang: dict[str, list[float]] = {}
+    for name, (total, n) in per_group.items():
+        put(f"val/{name}/", total, n)
+        lang = langs.get(name)
+        if lang:
+            acc = by_lang.setdefault(lang, [0.0, 0])
+            acc[0] += total
+            acc[1] += n
+    for lang, (total, n) in sorted(by_lang.items()):
+        put(f"val/lang_{lang}/", total, n)
+    put("val/", sum(t for t, _ in per_group.values()), sum(n for _, n in per_group.values()))
+    return out
+
+
+class CausalLMStage(Stage):
+    """A stage that trains a causal LM on batches of ``input_ids``, ``labels`` (-100 = not counted)
+    and optionally ``position_ids`` (restarting per packed document)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._fractions = None  # this step's expert load, summed over micro-batches
+        self._fractions_total, self._fractions_steps = None, 0
+        self.eval_groups: dict[str, list[dict]] = {}
+        self.eval_langs: dict[str, str | None] = {}
+
+    def is_moe(self, ctx: RunContext) -> bool:
+        return bool(getattr(ctx.model.config, "num_local_experts", 0))
+
+    def count_targets(self, batch: dict) -> int:
+        return count_label_targets(batch["labels"])
+
+    def micro_step(self, engine, batch, items_per_micro):
+        # transformers' loss divides the summed token losses by num_items_in_batch
+        out = engine(**batch, num_items_in_batch=items_per_micro, use_cache=False)
+        config = engine.module.config
+        if getattr(config, "num_local_experts", 0):
+            aux = out.aux_loss.detach()
+            ce = out.loss.detach() - config.router_aux_loss_coef * aux
+            f = expert_fractions(out.router_logits, config.num_experts_per_tok, config.num_local_experts)
+            self._fractions = f if self._fractions is None else self._fractions + f
+            return out.loss, {"loss_sum": float(ce) * items_per_micro, "aux_sum": float(aux)}
+        return out.loss, {"loss_sum": float(out.loss.detach()) * items_per_micro}
+
+    def step_metrics(self, sums, targets, ctx):
+        record = {"loss": sums["loss_sum"] / max(targets, 1)}
+        if "aux_sum" in sums:
+            coef = ctx.model.config.router_aux_loss_coef
+            record["aux_loss"] = sums["aux_sum"] / (ctx.accum * ctx.world)
+            record["lm_loss"] = record["loss"]
+            record["loss"] = record["lm_loss"] + coef * record["aux_loss"]
+        if self._fractions is not None:
+            fractions = self._fractions / ctx.accum  # this rank's share; ranks see similar loads
+            self._fractions = None
+            self._fractions_total = fractions if self._fractions_total is None else self._fractions_total + fractions
+            self._fractions_steps += 1
+            for layer, row in enumerate(fractions):
+                for e, v in enumerate(row):
+                    record[f"expert_load/layer{layer}/e{e}"] = float(v)
+        return record
+
+    def evaluate(self, engine, ctx):
+        return evaluate_groups(engine.module, self.eval_groups, self.eval_langs)
+
+    def tokens_per_step(self, ctx):
+        return ctx.global_batch * self.sequence_length()
+
+    def plots(self, run_dir: Path) -> list[Path]:
+        if not self._fractions_steps:
+            return []
+        from patentgpt.train.plots import plot_expert_load
+
+        return [plot_expert_load(self._fractions_total / self._fractions_steps, run_dir / "expert_load.png")]

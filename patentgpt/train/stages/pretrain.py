@@ -1,0 +1,90 @@
+"""Continued pretraining: a weighted mixture of token shards, packed into fixed-length sequences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from patentgpt.data.loader import MixtureLoader, holdout_split, pack_documents
+from patentgpt.data.shards import ShardError, ShardSet, TokenizerInfo
+from patentgpt.model.vocab import MAX_EXTRA_ROWS, check_vocab
+from patentgpt.train.config import PretrainConfig
+from patentgpt.train.lm import CausalLMStage
+
+
+def detect_lang(text: str) -> str | None:
+    from patentgpt.data.pipeline.synth import detect_lang as detect
+
+    return detect(text)
+
+
+class PretrainStage(CausalLMStage):
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(cfg)
+        self.sources: list[tuple[str, ShardSet, float]] = []
+        self.train_docs: dict = {}
+
+    def setup(self, ctx):
+        from transformers import AutoTokenizer
+
+        from patentgpt.model.build import round_up
+
+        cfg = self.cfg
+        tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
+        self.tok_info = TokenizerInfo.from_tokenizer(tokenizer, name=Path(cfg.data.tokenizer).name)
+        self.vocab = cfg.model.vocab_size or round_up(len(tokenizer))
+        check_vocab(self.vocab, tokenizer, where="model.vocab_size", max_extra_rows=None)
+        if self.tok_info.eos_id is None:
+            raise ShardError(f"tokenizer {cfg.data.tokenizer} has no EOS token; packing needs one")
+        ctx.tokenizer = tokenizer
+        for i, spec in enumerate(cfg.data.sources):
+            shards = ShardSet(spec.path)
+            shards.check_tokenizer(self.tok_info, None)
+            self.sources.append((spec.name, shards, spec.weight))
+            train, held = holdout_split(len(shards), cfg.eval.holdout, cfg.run.seed, i)
+            if len(held):
+                self.train_docs[spec.name] = train
+                self._add_eval_groups(spec.name, shards, held, ctx)
+
+    def _add_eval_groups(self, name: str, shards: ShardSet, held, ctx) -> None:
+        """Held-out documents of a source, grouped by language, as validation micro-batches."""
+        by_lang: dict[str | None, list] = {}
+        for d in held:
+            doc = shards.doc(int(d))
+            by_lang.setdefault(detect_lang(ctx.tokenizer.decode(doc[:512].tolist())), []).append(doc)
+        bos = self.tok_info.bos_id if self.cfg.data.add_bos else None
+        for lang, docs in sorted(by_lang.items(), key=lambda kv: str(kv[0])):
+            ids, labels = pack_documents(docs, self.cfg.data.seq_len, ctx.micro * self.cfg.eval.max_batches,
+                                         eos_id=self.tok_info.eos_id, bos_id=bos)
+            group = f"{name}_{lang}" if lang and len(by_lang) > 1 else name
+            self.eval_groups[group] = [
+                {"input_ids": torch.from_numpy(ids[i:i + ctx.micro]), "labels": torch.from_numpy(labels[i:i + ctx.micro])}
+                for i in range(0, len(ids), ctx.micro)]
+            self.eval_langs[group] = lang
+
+    def build_model(self, ctx):
+        from patentgpt.model.build import build_model
+
+        cfg = self.cfg
+        model = build_model(cfg.model, self.vocab, dtype=ctx.dtype, tokenizer=ctx.tokenizer)
+        check_vocab(model.config.vocab_size, ctx.tokenizer, where=f"model {cfg.model.init_from or cfg.model.arch}",
+                    max_extra_rows=MAX_EXTRA_ROWS if cfg.model.init_from else None)
+        for _, shards, _ in self.sources:
+            shards.check_tokenizer(self.tok_info, model.config.vocab_size)
+        return model
+
+    def make_loader(self, ctx):
+        cfg = self.cfg
+        self.loader = MixtureLoader(self.sources, seq_len=cfg.data.seq_len, micro_batch_size=ctx.micro,
+                                    grad_accum_steps=ctx.accum, world_size=ctx.world, rank=ctx.rank,
+                                    seed=cfg.run.seed, eos_id=self.tok_info.eos_id,
+                                    bos_id=self.tok_info.bos_id if cfg.data.add_bos else None,
+                                    train_docs=self.train_docs)
+        return self.loader
+
+    def probe(self):
+        return {"input_ids": self.loader.next_step()[0]["input_ids"][:1]}
+
