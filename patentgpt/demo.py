@@ -2,7 +2,10 @@
 
 IP tokenizer (configs/tokenizer/demo.yaml) -> corpus pipeline: clean, filter, dedup, synthesize
 instructions, tokenize into stage mixtures (configs/data/demo.yaml) -> stage-1 pretraining of a
-tiny dense LLaMA (configs/pretrain/demo_dense.yaml) -> export -> generation from the export.
+tiny dense LLaMA (configs/pretrain/demo_dense.yaml) -> export -> generation from the export ->
+SFT on the synthesized instructions (configs/sft/demo.yaml) -> a reward model on synthetic
+preference pairs made from them (configs/rm/demo.yaml). Every training stage runs on the same
+core (patentgpt/train/trainer.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ CORPUS = Path(__file__).resolve().parent / "assets" / "demo_corpus"
 TOKENIZER_CONFIG = REPO / "configs" / "tokenizer" / "demo.yaml"
 DATA_CONFIG = REPO / "configs" / "data" / "demo.yaml"
 DEMO_CONFIG = REPO / "configs" / "pretrain" / "demo_dense.yaml"
+SFT_CONFIG = REPO / "configs" / "sft" / "demo.yaml"
+RM_CONFIG = REPO / "configs" / "rm" / "demo.yaml"
 PROMPTS = ["<|title|>A battery", "<|title|>一种"]
 
 
@@ -26,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=str(DEMO_CONFIG), help="pretraining config of the demo model")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the pretraining config")
+    p.add_argument("--align-set", dest="overrides_align", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of the SFT and reward-model configs (e.g. train.max_steps=20)")
     p.add_argument("--vocab-size", type=int, default=3000)
     p.set_defaults(func=_demo)
 
@@ -66,6 +73,58 @@ def generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40) -> l
     return outs
 
 
+def chat(model_dir: Path, user: str, max_new_tokens: int = 40) -> str:
+    """The SFT export's greedy answer to one user message, through its chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    inputs = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.2,
+                             pad_token_id=tok.eos_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _first_last(evals: list, key: str) -> dict:
+    return {"before": evals[0][1].get(key), "after": evals[-1][1].get(key), "steps": [s for s, _ in evals]}
+
+
+def align(out: Path, export: Path, synth_file: Path, overrides: list[str]) -> dict:
+    """SFT of the pretraining export on the synthesized instructions, then a reward model on
+    synthetic preference pairs; returns the report section."""
+    from patentgpt.config import load_config
+    from patentgpt.data.prefs import make_preference_pairs
+    from patentgpt.train.config import RewardConfig, SFTConfig
+    from patentgpt.train.stages import run_stage
+
+    common = [f"run.output_dir={out / 'runs'}", "checkpoint.resume=never", *overrides]
+    print("== 5/6 SFT on the synthesized IP instructions (assistant-only loss, packed)", flush=True)
+    sft_cfg = load_config(SFTConfig, SFT_CONFIG, [f"model.init_from={export}", *common,
+                                                  f"data.sources=[{{name: ip_instructions, path: {synth_file}}}]"])
+    sft = run_stage("sft", sft_cfg)
+    print("== 6/6 reward model on synthetic preference pairs", flush=True)
+    prefs = make_preference_pairs(synth_file, out / "data" / "prefs" / "ip_prefs.jsonl")
+    rm_cfg = load_config(RewardConfig, RM_CONFIG, [f"model.init_from={sft['export_dir']}", *common,
+                                                   f"data.sources=[{{name: ip_prefs, path: {prefs['out']}}}]"])
+    rm = run_stage("rm", rm_cfg)
+    return {
+        "sft": {"run_dir": sft["run_dir"], "export": sft["export_dir"], "data": sft["data"],
+                "val_loss": _first_last(sft["evals"], "val/loss"),
+                "val_loss_en": _first_last(sft["evals"], "val/lang_en/loss"),
+                "val_loss_zh": _first_last(sft["evals"], "val/lang_zh/loss"),
+                "export_max_logit_diff": sft.get("export_max_logit_diff"),
+                "answer": chat(Path(sft["export_dir"]), "Write a concise patent title that matches this abstract.\n\n"
+                               "A battery management system monitors the impedance of each cell.")},
+        "reward_model": {"run_dir": rm["run_dir"], "export": rm["export_dir"], "pairs": prefs, "data": rm["data"],
+                         "val_accuracy": _first_last(rm["evals"], "val/accuracy"),
+                         "val_margin": _first_last(rm["evals"], "val/margin"),
+                         "export_max_logit_diff": rm.get("export_max_logit_diff")},
+    }
+
+
 def _demo(args) -> int:
     from patentgpt.config import load_config
     from patentgpt.data.pipeline.config import DataPipelineConfig
@@ -87,17 +146,19 @@ def _demo(args) -> int:
     # pipeline has written it, so the full config is loaded again after step 2.
     load_config(PretrainConfig, args.config, [o for o in overrides if not o.startswith("data.mixture=")])
 
-    print("== 1/4 IP tokenizer", flush=True)
+    print("== 1/6 IP tokenizer", flush=True)
     build_tokenizer(out / "tokenizer", args.vocab_size)
-    print("== 2/4 corpus pipeline: clean, filter, dedup, synthesize, tokenize into mixtures", flush=True)
+    print("== 2/6 corpus pipeline: clean, filter, dedup, synthesize, tokenize into mixtures", flush=True)
     data_report = run_pipeline(data_cfg)
-    print("== 3/4 stage-1 pretraining", flush=True)
+    print("== 3/6 stage-1 pretraining", flush=True)
     cfg = load_config(PretrainConfig, args.config, overrides)
     summary = run_stage("pretrain", cfg)
     losses = summary["losses"]
-    print("== 4/4 generation from the exported model", flush=True)
+    print("== 4/6 generation from the exported model", flush=True)
     samples = generate(Path(summary["export_dir"]), PROMPTS)
     run_dir = Path(summary["run_dir"])
+    synth_file = out / "data" / "synth" / (data_report.get("synth") or {}).get("output", "sft_synth.jsonl")
+    alignment = align(out, Path(summary["export_dir"]), synth_file, args.overrides_align)
     report = {
         "tokenizer": str(tokenizer_dir),
         "data": {"report": str(out / "data" / "report.json"), "data_card": str(out / "data" / "card"),
@@ -114,9 +175,27 @@ def _demo(args) -> int:
         "loss_first_step": losses[0][1],
         "loss_last_step": losses[-1][1],
         "samples": samples,
+        **alignment,
         "seconds": round(time.time() - t0, 1),
     }
     atomic_write_json(out / "demo_report.json", report)
     print(json.dumps(report, indent=2, ensure_ascii=False))
+    print(evidence(report))
     print(f"demo finished in {report['seconds']} s; report: {out / 'demo_report.json'}")
     return 0
+
+
+def evidence(report: dict) -> str:
+    """A few lines a person reads first: each stage's evidence."""
+    sft, rm = report["sft"], report["reward_model"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return "\n".join([
+        "== evidence",
+        f"pretraining loss      {f(report['loss_first_step'])} -> {f(report['loss_last_step'])}",
+        f"SFT val loss (asst.)  {f(sft['val_loss']['before'])} -> {f(sft['val_loss']['after'])}"
+        f"  (en {f(sft['val_loss_en']['before'])} -> {f(sft['val_loss_en']['after'])},"
+        f" zh {f(sft['val_loss_zh']['before'])} -> {f(sft['val_loss_zh']['after'])})",
+        f"reward model accuracy {f(rm['val_accuracy']['before'])} -> {f(rm['val_accuracy']['after'])} on held-out "
+        f"synthetic pairs (margin {f(rm['val_margin']['before'])} -> {f(rm['val_margin']['after'])})",
+        f"SFT answer: {sft['answer']!r}",
+    ])

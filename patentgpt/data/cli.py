@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     run.set_defaults(func=_run)
 
+    prefs = dsub.add_parser("prefs", help="synthetic preference pairs from synthesized instructions (reward-model demo)")
+    prefs.add_argument("--input", required=True, help="the pipeline's synth/sft_synth.jsonl")
+    prefs.add_argument("--out", required=True, help="output JSONL of {messages, chosen, rejected, corruption}")
+    prefs.add_argument("--seed", type=int, default=1234)
+    prefs.set_defaults(func=_prefs)
+
 
 def _tokenize(args) -> int:
     from patentgpt.data.tokenize import tokenize_jsonl
@@ -50,4 +56,13 @@ def _run(args) -> int:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
         return 0
     run_pipeline(cfg, force_steps=tuple(args.force_steps))
+    return 0
+
+
+def _prefs(args) -> int:
+    import json
+
+    from patentgpt.data.prefs import make_preference_pairs
+
+    print(json.dumps(make_preference_pairs(args.input, args.out, seed=args.seed), indent=2))
     return 0

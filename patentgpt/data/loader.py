@@ -33,6 +33,23 @@ class SourceState:
     offset: int = 0  # token offset inside the current (framed) document
 
 
+class SourceChooser:
+    """Which source item ``j`` of a global stream comes from: drawn by weight with a generator keyed
+    on ``(seed, j's block)``, so any position can be recomputed without replaying the stream."""
+
+    def __init__(self, probs: np.ndarray, seed: int):
+        self.probs, self.seed = probs, seed
+        self._block, self._choices = -1, None
+
+    def __call__(self, j: int) -> int:
+        block = j // _CHOICE_BLOCK
+        if block != self._block:
+            rng = np.random.default_rng([self.seed, 7919, block])
+            self._choices = rng.choice(len(self.probs), size=_CHOICE_BLOCK, p=self.probs)
+            self._block = block
+        return int(self._choices[j % _CHOICE_BLOCK])
+
+
 class SourceStream:
     """An endless, seeded, epoch-shuffled token stream over one shard set."""
 
@@ -106,20 +123,11 @@ class MixtureLoader:
         self.rank = rank
         self.seed = seed
         self.seq_index = 0
-        self._choice_block = -1
-        self._choices: np.ndarray | None = None
+        self._source_of = SourceChooser(self.probs, seed)
 
     @property
     def global_batch_size(self) -> int:
         return self.micro * self.accum * self.world
-
-    def _source_of(self, i: int) -> int:
-        block = i // _CHOICE_BLOCK
-        if block != self._choice_block:
-            rng = np.random.default_rng([self.seed, 7919, block])
-            self._choices = rng.choice(len(self.streams), size=_CHOICE_BLOCK, p=self.probs)
-            self._choice_block = block
-        return int(self._choices[i % _CHOICE_BLOCK])
 
     def next_global_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """All sequences of the next global step, with the source index of each."""

@@ -90,8 +90,28 @@ class CausalLMStage(Stage):
         self.eval_groups: dict[str, list[dict]] = {}
         self.eval_langs: dict[str, str | None] = {}
 
-    def is_moe(self, ctx: RunContext) -> bool:
-        return bool(getattr(ctx.model.config, "num_local_experts", 0))
+    def load_tokenizer(self, path: str, ctx: RunContext):
+        """The run's tokenizer; sets the model's vocab size (config, else tokenizer size rounded up to 64)."""
+        from transformers import AutoTokenizer
+
+        from patentgpt.model.build import round_up
+        from patentgpt.model.vocab import check_vocab
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        self.vocab = self.cfg.model.vocab_size or round_up(len(tokenizer))
+        check_vocab(self.vocab, tokenizer, where="model.vocab_size", max_extra_rows=None)
+        ctx.tokenizer = tokenizer
+        return tokenizer
+
+    def build_model(self, ctx):
+        from patentgpt.model.build import build_model
+        from patentgpt.model.vocab import MAX_EXTRA_ROWS, check_vocab
+
+        m = self.cfg.model
+        model = build_model(m, self.vocab, dtype=ctx.dtype, tokenizer=ctx.tokenizer)
+        check_vocab(model.config.vocab_size, ctx.tokenizer, where=f"model {m.init_from or m.arch}",
+                    max_extra_rows=MAX_EXTRA_ROWS if m.init_from else None)
+        return model
 
     def count_targets(self, batch: dict) -> int:
         return count_label_targets(batch["labels"])

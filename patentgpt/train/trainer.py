@@ -50,7 +50,7 @@ def module_outputs(module, inputs: dict) -> torch.Tensor:
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
-    out = module(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
+    out = module(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits.float().cpu()
     module.train(was_training)
     return out
 
@@ -61,7 +61,7 @@ def export_output_diff(outputs: torch.Tensor, export_dir: Path, inputs: dict) ->
     from patentgpt.train.export import load_exported
 
     exported = load_exported(export_dir).eval()
-    return float((outputs - exported(**inputs).logits.float()).abs().max())
+    return float((outputs - exported(**inputs, use_cache=False).logits.float()).abs().max())
 
 
 class Trainer:

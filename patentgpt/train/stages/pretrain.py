@@ -8,7 +8,6 @@ import torch
 
 from patentgpt.data.loader import MixtureLoader, holdout_split, pack_documents
 from patentgpt.data.shards import ShardError, ShardSet, TokenizerInfo
-from patentgpt.model.vocab import MAX_EXTRA_ROWS, check_vocab
 from patentgpt.train.config import PretrainConfig
 from patentgpt.train.lm import CausalLMStage
 
@@ -28,18 +27,11 @@ class PretrainStage(CausalLMStage):
         self.train_docs: dict = {}
 
     def setup(self, ctx):
-        from transformers import AutoTokenizer
-
-        from patentgpt.model.build import round_up
-
         cfg = self.cfg
-        tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
+        tokenizer = self.load_tokenizer(cfg.data.tokenizer, ctx)
         self.tok_info = TokenizerInfo.from_tokenizer(tokenizer, name=Path(cfg.data.tokenizer).name)
-        self.vocab = cfg.model.vocab_size or round_up(len(tokenizer))
-        check_vocab(self.vocab, tokenizer, where="model.vocab_size", max_extra_rows=None)
         if self.tok_info.eos_id is None:
             raise ShardError(f"tokenizer {cfg.data.tokenizer} has no EOS token; packing needs one")
-        ctx.tokenizer = tokenizer
         for i, spec in enumerate(cfg.data.sources):
             shards = ShardSet(spec.path)
             shards.check_tokenizer(self.tok_info, None)
@@ -66,12 +58,7 @@ class PretrainStage(CausalLMStage):
             self.eval_langs[group] = lang
 
     def build_model(self, ctx):
-        from patentgpt.model.build import build_model
-
-        cfg = self.cfg
-        model = build_model(cfg.model, self.vocab, dtype=ctx.dtype, tokenizer=ctx.tokenizer)
-        check_vocab(model.config.vocab_size, ctx.tokenizer, where=f"model {cfg.model.init_from or cfg.model.arch}",
-                    max_extra_rows=MAX_EXTRA_ROWS if cfg.model.init_from else None)
+        model = super().build_model(ctx)
         for _, shards, _ in self.sources:
             shards.check_tokenizer(self.tok_info, model.config.vocab_size)
         return model
