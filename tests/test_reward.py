@@ -19,7 +19,8 @@ def prefs_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("prefs")
     synth = write_chat(d / "synth.jsonl", synth_records())
     report = make_preference_pairs(synth, d / "prefs.jsonl", seed=1234)
-    assert report["pairs"] > 300 and set(report["by_corruption"]) == {"wrong_title", "wrong_ipc", "wrong_dependency"}
+    assert report["pairs"] > 300
+    assert set(report["by_corruption"]) == {"wrong_title", "wrong_ipc", "wrong_dependency", "wrong_language", "truncated"}
     return d / "prefs.jsonl"
 
 
@@ -42,8 +43,8 @@ def test_reward_model_learns_the_pairs_and_exports(tmp_path, ip_tokenizer_dir, p
     cfg = load_config(RewardConfig, REPO / "configs" / "rm" / "demo.yaml", [
         "model.init_from=null", f"data.tokenizer={ip_tokenizer_dir}", "model.hidden_size=64",
         "model.intermediate_size=160", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
-        "model.max_position_embeddings=1024", f"data.sources=[{{name: ip, path: {prefs_file}}}]",
-        "data.max_len=768", f"run.output_dir={tmp_path}", "run.name=rm", "train.max_steps=40",
+        "model.max_position_embeddings=512", f"data.sources=[{{name: ip, path: {prefs_file}}}]",
+        "data.max_len=512", f"run.output_dir={tmp_path}", "run.name=rm", "train.max_steps=40",
         "train.micro_batch_size=8", "train.global_batch_size=16", "optim.lr=2e-3", "eval.holdout=0.15",
         "eval.every_steps=20", "logging.wandb.mode=disabled"])
     summary = run_stage("rm", cfg)

@@ -2,9 +2,11 @@
 
 For each synthesized chat record the *chosen* reply is its answer (extracted from the patent, so
 correct) and the *rejected* reply is a corrupted copy whose flaw a patent professional would
-catch: another patent's title (``wrong_title``), another patent's IPC codes (``wrong_ipc``), a
-claim made to depend on the wrong claim (``wrong_dependency``), an abstract or summary cut off
-mid-way (``truncated``). Every pair says ``"synthetic": true`` and names its corruption: this is a
+catch. A seeded hash of the record picks one of three kinds: the task's own corruption (another
+patent's title ``wrong_title``, another patent's IPC codes ``wrong_ipc``, a claim made to depend
+on the wrong claim ``wrong_dependency``, an abstract or summary cut off mid-way ``truncated``),
+the same task's answer for a patent in the other language (``wrong_language``: an English
+question answered in Chinese), or the answer cut off after a third (``truncated``). Every pair says ``"synthetic": true`` and names its corruption: this is a
 stand-in for human preference labels, good for exercising the reward model, not for judging
 helpfulness. The same input and seed give the same pairs.
 """
@@ -61,6 +63,21 @@ def corrupt(task: str, answer: str, others: list[str], seed: int, key: str) -> t
     return other, "wrong_title" if task == "title_from_abstract" else "other_answer"
 
 
+def choose_corruption(task: str, answer: str, answers: dict, lang: str | None, seed: int,
+                       key: str) -> tuple[str | None, str]:
+    """(rejected reply or None, corruption name): the kind is picked by a seeded hash of ``key``."""
+    kind = _pick(seed, key + "#kind", 3)
+    if kind == 1:
+        other_lang = [o for (t, lg), v in answers.items() if t == task and lg != lang for o in v]
+        if other_lang:
+            return other_lang[_pick(seed, key + "#lang", len(other_lang))], "wrong_language"
+    if kind == 2:
+        cut = _truncate(answer)
+        if cut:
+            return cut, "truncated"
+    return corrupt(task, answer, answers.get((task, lang), []), seed, key)
+
+
 def make_preference_pairs(synth_file: str | Path, out: str | Path, seed: int = 1234) -> dict:
     """Write ``out`` (JSONL pairs) from the pipeline's ``sft_synth.jsonl``; returns counts."""
     from patentgpt.io import atomic_open
@@ -83,7 +100,7 @@ def make_preference_pairs(synth_file: str | Path, out: str | Path, seed: int = 1
         for i, r in enumerate(rows):
             task, answer = r.get("task"), r["messages"][-1]["content"]
             key = f"{r.get('source_id', i)}\x1f{task}"
-            rejected, how = corrupt(task, answer, answers[(task, r.get("lang"))], seed, key)
+            rejected, how = choose_corruption(task, answer, answers, r.get("lang"), seed, key)
             if rejected is None or rejected == answer:
                 skipped[f"{task}:{how if rejected is None else 'unchanged'}"] += 1
                 continue

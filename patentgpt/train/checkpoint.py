@@ -81,11 +81,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(engine, root: str | Path, step: int, states: dict, *, rank: int, keep_last: int,
-                    extra_files: dict | None = None, meta: dict | None = None) -> Path:
+                    extra_files: dict | None = None, meta: dict | None = None, extra_engines: dict | None = None) -> Path:
     """Save on every rank; returns the published directory.
 
     ``states``: name -> object with ``state_dict()``; ``meta``: plain values stored beside them;
-    ``extra_files`` (rank 0): name -> writer(path)."""
+    ``extra_files`` (rank 0): name -> writer(path); ``extra_engines``: tag -> a further DeepSpeed
+    engine of the stage (e.g. PPO's critic), saved under its tag beside ``ds/``."""
     from patentgpt.train.engine import UNIVERSAL_INFO
 
     root = Path(root)
@@ -95,7 +96,8 @@ def save_checkpoint(engine, root: str | Path, step: int, states: dict, *, rank: 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False, client_state=dict(UNIVERSAL_INFO))
+    for tag, eng in {DS_TAG: engine, **(extra_engines or {})}.items():
+        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, client_state=dict(UNIVERSAL_INFO))
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     barrier()
@@ -128,12 +130,14 @@ def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / "trainer_state.json").read_text())
 
 
-def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int) -> dict:
-    """Restore DeepSpeed state, this rank's RNG and every named state; returns the trainer state."""
-    load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load {ckpt / DS_TAG}")
+def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int, extra_engines: dict | None = None) -> dict:
+    """Restore DeepSpeed state (of every engine), this rank's RNG and every named state; returns the
+    trainer state."""
+    for tag, eng in {DS_TAG: engine, **(extra_engines or {})}.items():
+        load_path, _ = eng.load_checkpoint(str(ckpt), tag=tag, load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load {ckpt / tag}")
     rng_file = ckpt / "rng" / f"rank_{rank:05d}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved
         _set_rng_state(torch.load(rng_file, weights_only=True))

@@ -58,7 +58,7 @@ class Stage:
         raise NotImplementedError
 
     def make_loader(self, ctx: RunContext):
-        """An object with ``next_step() -> list[dict]`` (this rank's micro-batches of the next global
+        """(Called once the engine exists: ``ctx.extras["engine"]``.) An object with ``next_step() -> list[dict]`` (this rank's micro-batches of the next global
         step), ``state_dict()`` and ``load_state_dict()``; saved and restored by the core."""
         raise NotImplementedError
 
@@ -83,6 +83,15 @@ class Stage:
 
     def states(self) -> dict:
         """Extra stateful parts of the stage (name -> object with state_dict/load_state_dict)."""
+        return {}
+
+    def extra_engines(self) -> dict:
+        """Further DeepSpeed engines the stage trains (tag -> engine, e.g. PPO's critic); the core
+        saves and restores them in every checkpoint beside the main one."""
+        return {}
+
+    def extra_files(self) -> dict:
+        """Further files of a checkpoint (name -> writer(path), rank 0), e.g. a second model's config."""
         return {}
 
     def tokens_per_step(self, ctx: RunContext) -> int:

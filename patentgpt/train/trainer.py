@@ -115,6 +115,7 @@ class Trainer:
         model.config.architectures = [type(model).__name__]  # what export and the Auto classes load
         ctx.model = model
         engine, optimizer = make_engine(model, cfg, ds_config)
+        ctx.extras["engine"] = engine
         loader = stage.make_loader(ctx)
         guard = LossGuard(cfg.train.spike_factor, cfg.train.spike_warmup_steps, cfg.train.max_consecutive_bad_steps)
         progress = Progress()
@@ -124,7 +125,8 @@ class Trainer:
         start_step = 0
         resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
         if resume_from is not None:
-            start_step = load_checkpoint(engine, resume_from, states, rank=rank)["step"]
+            start_step = load_checkpoint(engine, resume_from, states, rank=rank,
+                                         extra_engines=stage.extra_engines())["step"]
             if rank == 0:
                 print(f"resumed from {resume_from} at step {start_step}")
 
@@ -144,7 +146,8 @@ class Trainer:
 
         def save(step: int) -> Path:
             return save_checkpoint(engine, ckpt_root, step, states, rank=rank, keep_last=cfg.checkpoint.keep_last,
-                                   extra_files=extra_files(), meta=meta)
+                                   extra_files={**extra_files(), **stage.extra_files()}, meta=meta,
+                                   extra_engines=stage.extra_engines())
 
         def evaluate(step: int) -> dict:
             metrics = stage.evaluate(engine, ctx)
