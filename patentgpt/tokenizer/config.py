@@ -1,7 +1,7 @@
 """``patentgpt tokenizer train``: the config schema and the run it drives.
 
-Inputs are JSONL files (plain ``text`` records or structured patents, rendered with section
-markers), plain ``.txt`` files (one document per line) and token-shard directories (their
+Inputs are JSONL files (plain ``text`` records or structured patents, rendered by
+:func:`patentgpt.data.render.render_record` with ``template``, the corpus pipeline's template spec), plain ``.txt`` files (one document per line) and token-shard directories (their
 ``meta.json`` names the JSONL files they were made from, whose text is read). Documents are
 split into lines, the unit SentencePiece trains on; over-long lines are cut at a space.
 
@@ -24,6 +24,7 @@ from typing import Iterator, Literal
 from pydantic import Field, field_validator
 
 from patentgpt.config import ConfigError, Section
+from patentgpt.data.pipeline.config import TemplateSpec
 from patentgpt.tokenizer.symbols import SYMBOLS_FILE
 
 
@@ -59,7 +60,8 @@ class TokenizerTrainConfig(Section):
     output_dir: str
     inputs: list[InputSource] = Field(min_length=1)
     text_field: str = "text"
-    render: bool = True  # render structured patents (title/abstract/claims/...) with section markers
+    render: bool = True  # render structured patents (title/abstract/claims/...) by `template`
+    template: TemplateSpec = Field(default_factory=TemplateSpec)  # the corpus pipeline's: train on what shards hold
     model_type: Literal["bpe"] = "bpe"  # merging and the HF export are for BPE
     vocab_size: int = Field(24000, ge=260)
     character_coverage: float = Field(0.9995, gt=0, le=1)
@@ -110,7 +112,7 @@ def resolve_inputs(cfg: TokenizerTrainConfig) -> list[tuple[Path, str, InputSour
     return out
 
 
-def _documents(path: Path, text_field: str, render: bool, rejects: list) -> Iterator[str]:
+def _documents(path: Path, text_field: str, render: bool, rejects: list, template=None) -> Iterator[str]:
     if path.suffix == ".txt":
         with open(path, encoding="utf-8", errors="replace") as fh:
             yield from (ln.rstrip("\n") for ln in fh if ln.strip())
@@ -118,19 +120,16 @@ def _documents(path: Path, text_field: str, render: bool, rejects: list) -> Iter
     if render:
         from patentgpt.data.tokenize import read_jsonl
 
-        yield from read_jsonl([path], text_field, rejects)
+        yield from read_jsonl([path], text_field, rejects, template=template)
         return
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                text = json.loads(raw).get(text_field)
-            except (ValueError, AttributeError):
-                rejects.append((str(path), lineno, "malformed_json"))
-                continue
-            if isinstance(text, str) and text.strip():
-                yield text
-            else:
-                rejects.append((str(path), lineno, "no_text"))
+    from patentgpt.data.jsonl import iter_jsonl
+
+    for lineno, record, reason in iter_jsonl(path):
+        text = record.get(text_field) if record is not None else None
+        if isinstance(text, str) and text.strip():
+            yield text
+        else:
+            rejects.append((str(path), lineno, reason or "no_text"))
 
 
 def split_sentences(text: str, max_bytes: int) -> Iterator[str]:
@@ -176,7 +175,7 @@ def sample_sentences(cfg: TokenizerTrainConfig) -> tuple[list[str], dict]:
     for path, field, src in resolve_inputs(cfg):
         docs = sentences = chars = 0
         n_rejects = len(rejects)
-        for text in _documents(path, field, cfg.render, rejects):
+        for text in _documents(path, field, cfg.render, rejects, cfg.template):
             if src.max_records and docs >= src.max_records:
                 break
             docs += 1
