@@ -47,7 +47,9 @@ def _train(args) -> int:
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     if args.check:
-        print(cfg.model_dump_json(indent=2))
+        from patentgpt.config import dump_redacted
+
+        print(dump_redacted(cfg))
         return 0
     report = train_from_config(cfg)
     print(json.dumps({k: v for k, v in report.items() if k != "sources"}, indent=2, ensure_ascii=False))

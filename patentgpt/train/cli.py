@@ -32,8 +32,12 @@ def _pretrain(args) -> int:
     from patentgpt.train.config import PretrainConfig
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    from patentgpt.config import dump_redacted
+    from patentgpt.config.checks import check_pretrain_paths
+
+    check_pretrain_paths(cfg)  # tokenizer / init_from / output dir, before any heavy start-up
     if args.check:
-        print(cfg.model_dump_json(indent=2))
+        print(dump_redacted(cfg))
         return 0
     from patentgpt.train.pretrain import run_pretraining
 

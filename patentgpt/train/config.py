@@ -168,6 +168,9 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _check(self):
+        from patentgpt.config.checks import check_pretrain_static
+
+        check_pretrain_static(self)  # run.name, model.rope_scaling, deepspeed.extra (harden: issue #16)
         if self.data.seq_len > self.model.max_position_embeddings:
             raise ValueError(f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
                              f"{self.model.max_position_embeddings}")
