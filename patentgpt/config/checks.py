@@ -102,7 +102,7 @@ def check_tokenizer_dir(path: str | None, key: str = "data.tokenizer") -> Path:
     return p
 
 
-def check_model_dir(path: str | None, key: str = "model.init_from") -> Path:
+def check_hf_model_dir(path: str | None, key: str = "model.init_from") -> Path:
     """An HF model directory: config.json and weights."""
     if path is None:
         raise ConfigError(f"{key}: must name a model directory")
@@ -135,4 +135,4 @@ def check_pretrain_paths(cfg) -> None:
     check_output_dir(Path(cfg.run.output_dir) / cfg.run.name, "run.name")
     check_tokenizer_dir(cfg.data.tokenizer)
     if cfg.model.init_from is not None:
-        check_model_dir(cfg.model.init_from)
+        check_hf_model_dir(cfg.model.init_from)

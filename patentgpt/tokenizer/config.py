@@ -51,6 +51,9 @@ class MergeSection(Section):
     pad_to_multiple: int = Field(64, ge=1)
     prune_unreachable: bool | None = None  # None: auto (see merge_protos)
     check_text: str | None = None  # extra English text for the segmentation-change check
+    # characters that must be single pieces (patentgpt.tokenizer.charset): a named set such as
+    # gb2312-1 (the 3,755 level-1 hanzi), a text file, or a list of them; never trimmed
+    required_chars: str | list[str] | None = None
 
 
 class TokenizerTrainConfig(Section):
@@ -224,7 +227,10 @@ def train_from_config(cfg: TokenizerTrainConfig) -> dict:
     if cfg.merge is not None:
         from patentgpt.tokenizer.hf import load_proto
 
+        from patentgpt.tokenizer.charset import required_char_set
+
         base = load_proto(cfg.merge.base)  # fail now, not after training, on a bad base
+        required_char_set(cfg.merge.required_chars)  # and on an unknown character set
         if cfg.merge.vocab_size and cfg.merge.vocab_size < len(base.pieces):
             raise ConfigError(f"merge.vocab_size {cfg.merge.vocab_size} is smaller than the base vocabulary "
                               f"({len(base.pieces)} pieces in {cfg.merge.base})")
@@ -279,11 +285,13 @@ def train_from_config(cfg: TokenizerTrainConfig) -> dict:
         m = cfg.merge
         merged = merge_tokenizers(m.base, out / model.name, m.out_dir, vocab_size=m.vocab_size,
                                   pad_to_multiple=m.pad_to_multiple, prune_unreachable=m.prune_unreachable,
-                                  check_text=m.check_text, chat_template=cfg.chat_template)
+                                  check_text=m.check_text, chat_template=cfg.chat_template,
+                                  required_chars=m.required_chars)
         report["merge"] = {k: merged[k] for k in ("out_dir", "vocab_size", "appended", "trimmed", "padded",
                                                   "pruned_unreachable", "pruned_missing_chars",
                                                   "unreachable_appended", "appended_with_missing_chars")}
         report["merge"]["english_words_changed_fraction"] = \
             merged["english_segmentation"]["words_changed_fraction"]
+        report["merge"]["required_chars"] = merged["required_chars"]
         atomic_write_json(out / "train_report.json", report)
     return report
