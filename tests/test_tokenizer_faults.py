@@ -88,6 +88,10 @@ def test_required_chars_beyond_the_budget_or_unknown_are_config_errors(tmp_path,
     size = len(load_proto(base).pieces) + 64
     with pytest.raises(ConfigError, match="required characters missing from the base"):
         merge_tokenizers(base, ip, tmp_path / "x", vocab_size=size, required_chars="gb2312-1")
+    from patentgpt.tokenizer.charset import required_char_set
+
+    assert [len(required_char_set(n)) for n in ("gb2312-2", "gb2312-symbols", "gb2312", "big5-1")] == [
+        3008, 682, 7445, 5401]  # the published sizes of these standards
     with pytest.raises(ConfigError, match="neither a named set"):
         merge_tokenizers(base, ip, tmp_path / "x", vocab_size=size, required_chars="gb-2312")
     assert not (tmp_path / "x").exists()

@@ -5,12 +5,14 @@ characters out, and every one of them costs three byte-fallback tokens wherever 
 merge given a required set appends every character of it that the vocabulary lacks, ahead of the
 added model's lowest-priority pieces (see :func:`patentgpt.tokenizer.merge.merge_protos`).
 
-Named sets are enumerated from Python's ``gb2312`` codec (no data file needed):
+Named sets are enumerated from Python's ``gb2312`` and ``big5`` codecs (no data file needed):
 
-* ``gb2312-1``: the 3,755 level-1 (most frequent) hanzi, rows 16-55;
-* ``gb2312-2``: the 3,008 level-2 hanzi, rows 56-87;
+* ``gb2312-1``: the 3,755 level-1 (most frequent) simplified hanzi, rows 16-55;
+* ``gb2312-2``: the 3,008 level-2 hanzi, rows 56-87 (chemistry and technical characters
+  such as 锂, 酯, 钛 are here: patents need them);
 * ``gb2312-symbols``: the 682 symbols of rows 1-9 (full-width punctuation, digits, letters, kana ...);
-* ``gb2312``: all three.
+* ``gb2312``: all three;
+* ``big5-1``: Big5's 5,401 frequently used (traditional) hanzi, 0xA440-0xC67E.
 
 Anything else is read as a UTF-8 text file whose non-whitespace characters form the set.
 """
@@ -22,21 +24,31 @@ from pathlib import Path
 from patentgpt.config import ConfigError
 
 _GB2312_ROWS = {"gb2312-symbols": (0xA1, 0xA9), "gb2312-1": (0xB0, 0xD7), "gb2312-2": (0xD8, 0xF7)}
+_GB2312_TRAIL = range(0xA1, 0xFF)
+_BIG5_TRAIL = [*range(0x40, 0x7F), *range(0xA1, 0xFF)]
 
 
-def _gb2312_rows(first: int, last: int) -> list[str]:
+def _double_byte(codec: str, leads: range, trails, last: bytes = b"\xff\xff") -> list[str]:
+    """Every assigned two-byte code of ``codec`` with a lead byte in ``leads``, up to ``last``."""
     chars = []
-    for row in range(first, last + 1):
-        for col in range(0xA1, 0xFF):
+    for lead in leads:
+        for trail in trails:
+            code = bytes((lead, trail))
+            if code > last:
+                break
             try:
-                chars.append(bytes((row, col)).decode("gb2312"))
+                chars.append(code.decode(codec))
             except UnicodeDecodeError:  # unassigned cell
                 continue
     return chars
 
 
+def _gb2312_rows(first: int, last: int) -> list[str]:
+    return _double_byte("gb2312", range(first, last + 1), _GB2312_TRAIL)
+
+
 def named_sets() -> tuple[str, ...]:
-    return (*_GB2312_ROWS, "gb2312")
+    return (*_GB2312_ROWS, "gb2312", "big5-1")
 
 
 def required_char_set(spec: str | list[str] | None) -> str:
@@ -53,6 +65,8 @@ def required_char_set(spec: str | list[str] | None) -> str:
             chars = [c for rows in _GB2312_ROWS.values() for c in _gb2312_rows(*rows)]
         elif name in _GB2312_ROWS:
             chars = _gb2312_rows(*_GB2312_ROWS[name])
+        elif name == "big5-1":
+            chars = _double_byte("big5", range(0xA4, 0xC7), _BIG5_TRAIL, last=b"\xc6\x7e")
         else:
             path = Path(item)
             if not path.is_file():
