@@ -18,7 +18,7 @@ from patentgpt.config.base import ConfigError
 # transformers' ROPE_INIT_FUNCTIONS keys plus "default" (tests/test_config_fuzz.py keeps them equal);
 # importing transformers to ask would cost seconds.
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what AutoTokenizer.from_pretrained reads
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
