@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash never leaves a half-written file under its final name."""
+"""Atomic file writes: a crash never leaves a half-written file under its final name.
+
+Files get the mode an ordinary ``open(path, "w")`` would give (0666 less the process umask), not
+``tempfile``'s private 0600: checkpoints, exported models and reports are meant to be read by
+teammates on a shared cluster.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,20 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else by setting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -32,6 +51,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     binary = "b" in mode
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
             yield fh
             fh.flush()

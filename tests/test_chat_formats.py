@@ -3,12 +3,12 @@
 import json
 
 from patentgpt.data.chat import to_messages, to_pair
-from patentgpt.data.jsonl import iter_records
+from patentgpt.data.jsonl import read_json_records
 
 
 def _convert(path, fn):
     kept, reasons = 0, {}
-    for _, record, reason in iter_records(path):
+    for _, record, reason in read_json_records(path):
         if reason is None:
             _, reason = fn(record)
         if reason is None:

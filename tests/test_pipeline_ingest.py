@@ -14,7 +14,7 @@ from patentgpt.data.pipeline.config import DataPipelineConfig, SourceSpec, Templ
 from patentgpt.data.pipeline.docstore import JsonlWriter, iter_docs
 from patentgpt.data.pipeline.ingest import map_record, run_ingest, split_claims
 from patentgpt.data.pipeline.report import Ledger
-from patentgpt.data.pipeline.template import render_patent
+from patentgpt.data.render import render_patent
 
 
 def ingest(cfg: DataPipelineConfig, tmp: Path) -> tuple[list[dict], list[dict], dict]:

@@ -9,7 +9,7 @@ import pytest
 from patentgpt.data.pipeline.clean import Cleaner, clean_doc, fix_csv_quotes, strip_html, uspto_markup
 from patentgpt.data.pipeline.config import CleanConfig, FiltersConfig, LangConfig
 from patentgpt.data.pipeline.filters import DocFilter, dup_ngram_fraction, word_stats
-from patentgpt.data.pipeline.langid import detect
+from patentgpt.data.lang import detect
 
 clean = Cleaner(CleanConfig())
 

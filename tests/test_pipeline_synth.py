@@ -257,7 +257,10 @@ def test_text_helpers():
     assert first_sentence(text, "en") == "The device, e.g. a pump (see Fig. 2), moves U.S. water."
     assert first_sentence("本发明涉及一种泵。泵很小。", "zh") == "本发明涉及一种泵。"
     assert detect_lang("一种基于深度学习的专利分类方法 CNN") == "zh"
-    assert detect_lang("A pump 泵") == "en"
+    assert detect_lang("A centrifugal pump 泵") == "en"  # one Han character against three English words
+    assert detect_lang("Eine Kreiselpumpe mit einem Laufrad und einer Welle, die von dem Motor angetrieben "
+                       "wird, und eine Dichtung zwischen dem Gehäuse und der Welle, die das Austreten des "
+                       "Mediums verhindert, sowie ein Lager für die Welle im Gehäuse der Pumpe") is None
 
 
 def test_question_sets_three_shapes(tmp_path):
@@ -266,7 +269,7 @@ def test_question_sets_three_shapes(tmp_path):
         {"language": "zh", "problem": "发明专利权的期限为多少年？", "candidates": {"A": "10年", "B": "20年"}, "answer": "B"},
         {"id": "open-1", "question": "What does MPEP stand for?", "answer": "Manual of Patent Examining Procedure"},
         {"question": "Broken?", "answer": None},
-        {"problem": "Q?", "candidates": {"A": "x"}, "answer": "C"},
+        {"problem": "Which one?", "candidates": {"A": "x"}, "answer": "C"},
         {"question": "Frage auf Deutsch?", "answer": "Ja", "language": "de"},
     ]
     stats = SynthStats()

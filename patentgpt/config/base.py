@@ -15,7 +15,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from patentgpt.errors import ConfigError  # re-exported as patentgpt.config.ConfigError
 
 PARENT_KEY = "parent"
-_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|(access|auth|api|hf|wandb|bearer)_?token)", re.I)
+# Keys whose values are secrets, anywhere in a config tree (free-form dicts such as deepspeed.extra
+# included): token, hub_token, github_token, hf_token, ... (not pad_token or experts_per_token),
+# api keys, passwords, private keys, Authorization headers, credentials, cookies.
+_SECRET_KEY = re.compile(
+    r"api[_-]?key|secret|passw(or)?d|passphrase|private[_-]?key|authori[sz]ation|credential|cookie|"
+    r"(^|[_-])auth$|^token$|(^|[_-])(access|auth|api|hf|hub|wandb|bearer|github|gh|gitlab|slack|oauth|"
+    r"refresh|id|session|personal|bot|service|deploy|upload|pypi|npm|write|read)[_-]?token$", re.I)
+# Values that are secrets whatever their key: bearer/basic credentials, well-known token formats.
+_SECRET_VALUE = re.compile(r"^(bearer|basic|token)\s+\S{8,}$|^(hf_|ghp_|gho_|ghs_|github_pat_|glpat-|xox[bap]-|sk-)"
+                           r"[A-Za-z0-9_\-]{16,}$|-----BEGIN [A-Z ]*PRIVATE KEY-----", re.I)
+REDACTED = "***"
 
 
 class Section(BaseModel):
@@ -37,6 +47,29 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # unhashable key: let the normal constructor report it
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key "
+                              f"{key!r} (first given on line {first}); a key may appear once per section")
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def load_yaml_tree(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML file and, recursively, the ``parent`` files it names (child wins)."""
     path = Path(path).resolve()
@@ -45,10 +78,19 @@ def load_yaml_tree(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dic
         raise ConfigError(f"{PARENT_KEY}: circular inheritance: {chain}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          f"save the file as UTF-8") from None
+    try:
+        data = yaml.load(text.removeprefix("\ufeff"), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     parent = data.pop(PARENT_KEY, None)
@@ -122,16 +164,25 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return validate(cls, tree, source=str(path) if path is not None else "inline")
 
 
+def is_secret_key(key: Any) -> bool:
+    return bool(_SECRET_KEY.search(str(key)))
+
+
 def redact(obj: Any) -> Any:
-    """Copy of a plain config tree with secret-looking values replaced."""
+    """Copy of a plain config tree with secret values (by key, or by their look) replaced."""
     if isinstance(obj, dict):
-        return {
-            k: ("***" if _SECRET_KEY.search(str(k)) and v else redact(v))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list):
+        return {k: (REDACTED if is_secret_key(k) and v not in (None, "", [], {}) else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
+    if isinstance(obj, str) and _SECRET_VALUE.search(obj.strip()):
+        return REDACTED
     return obj
+
+
+def dump_redacted(cfg: BaseModel) -> str:
+    """The resolved config as indented JSON with secrets redacted: what ``--check`` prints."""
+    return json.dumps(redact(json.loads(cfg.model_dump_json())), indent=2, ensure_ascii=False)
 
 
 def save_config(cfg: BaseModel, path: str | os.PathLike) -> dict:

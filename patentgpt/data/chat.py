@@ -166,6 +166,6 @@ def record_lang(record: dict, messages: list[dict]) -> str | None:
     lang = record.get("lang")
     if isinstance(lang, str) and lang:
         return lang
-    from patentgpt.data.pipeline.synth import detect_lang
+    from patentgpt.data.lang import detect_lang
 
     return detect_lang(" ".join(m["content"] for m in messages)[:2000])

@@ -46,14 +46,14 @@ def _tokenize(args) -> int:
 def _run(args) -> int:
     import yaml
 
-    from patentgpt.config import load_config
+    from patentgpt.config import load_config, redact
     from patentgpt.data.pipeline.config import DataPipelineConfig
     from patentgpt.data.pipeline.runner import check_config, run_pipeline
 
     cfg = load_config(DataPipelineConfig, args.config, args.overrides)
     if args.check:
         check_config(cfg)
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+        print(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True))
         return 0
     run_pipeline(cfg, force_steps=tuple(args.force_steps))
     return 0

@@ -47,22 +47,36 @@ class TokenizerInfo:
     @classmethod
     def from_tokenizer(cls, tokenizer, name: str | None = None) -> "TokenizerInfo":
         """Describe a transformers tokenizer; the fingerprint hashes its id -> piece table."""
-        vocab = tokenizer.get_vocab()
-        ordered = sorted(vocab.items(), key=lambda kv: kv[1])
-        digest = hashlib.sha256()
-        for piece, idx in ordered:
-            digest.update(f"{idx}\t{piece}\n".encode("utf-8", "surrogatepass"))
         return cls(
             name=name or getattr(tokenizer, "name_or_path", "") or "tokenizer",
             vocab_size=len(tokenizer),
-            fingerprint=digest.hexdigest()[:16],
+            fingerprint=vocab_fingerprint(tokenizer.get_vocab()),
             bos_id=tokenizer.bos_token_id,
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
         )
 
+    @classmethod
+    def from_sentencepiece(cls, model_file, name: str | None = None) -> "TokenizerInfo":
+        """Describe a SentencePiece ``.model`` file; same fingerprint as its HF export."""
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        ids = lambda i: i if i >= 0 else None  # noqa: E731 - SentencePiece says -1 for "none"
+        return cls(name=name or str(model_file), vocab_size=sp.get_piece_size(),
+                   fingerprint=vocab_fingerprint({sp.id_to_piece(i): i for i in range(sp.get_piece_size())}),
+                   bos_id=ids(sp.bos_id()), eos_id=ids(sp.eos_id()), pad_id=ids(sp.pad_id()))
+
     def same_vocab(self, other: "TokenizerInfo") -> bool:
         return self.fingerprint == other.fingerprint and self.vocab_size == other.vocab_size
+
+
+def vocab_fingerprint(vocab: dict[str, int]) -> str:
+    """16 hex digits identifying an id -> piece table (two tokenizers agree on every id iff equal)."""
+    digest = hashlib.sha256()
+    for piece, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        digest.update(f"{idx}\t{piece}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:

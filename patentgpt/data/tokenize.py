@@ -10,7 +10,8 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from patentgpt.data.render import render_record
+from patentgpt.data.jsonl import iter_jsonl
+from patentgpt.data.render import DEFAULT_TEMPLATE, render_record
 from patentgpt.data.shards import ShardWriter, TokenizerInfo
 from patentgpt.io import atomic_open
 
@@ -18,32 +19,23 @@ BATCH = 256
 
 
 def read_jsonl(paths: Iterable[str | os.PathLike], text_field: str = "text",
-               rejects: list | None = None) -> Iterator[str]:
-    """Yield rendered text of each usable record; append (path, line, reason) for the others."""
+               rejects: list | None = None, template=DEFAULT_TEMPLATE) -> Iterator[str]:
+    """Yield rendered text (:func:`~patentgpt.data.render.render_record`) of each usable record;
+    append (path, line, reason) for the others (reasons of :func:`~patentgpt.data.jsonl.iter_jsonl`,
+    and ``no_text``)."""
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
+        for lineno, record, reason in iter_jsonl(path):
+            if reason is None:
+                text = render_record(record, template, text_field=text_field)
+                if text.strip():
+                    yield text
                     continue
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    rejects is not None and rejects.append((str(path), lineno, "undecodable_utf8"))
-                    continue
-                except json.JSONDecodeError:
-                    rejects is not None and rejects.append((str(path), lineno, "malformed_json"))
-                    continue
-                if not isinstance(record, dict):
-                    rejects is not None and rejects.append((str(path), lineno, "not_an_object"))
-                    continue
-                text = render_record(record, text_field=text_field)
-                if not text.strip():
-                    rejects is not None and rejects.append((str(path), lineno, "no_text"))
-                    continue
-                yield text
+                reason = "no_text"
+            if rejects is not None:
+                rejects.append((str(path), lineno, reason))
 
 
 def tokenize_texts(texts: Iterable[str], tokenizer, writer: ShardWriter, total: int | None = None) -> None:

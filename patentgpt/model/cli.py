@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     chk = msub.add_parser("check-vocab", help="check a model's vocab_size against a tokenizer (no weights loaded)")
     chk.add_argument("--model", required=True, help="HF model directory")
-    chk.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
+    chk.add_argument("--tokenizer", help="tokenizer directory or SentencePiece .model file (default: the model "
+                                         "directory); compared by identity (pieces' fingerprint), then size")
     chk.set_defaults(func=_check)
 
 
@@ -37,6 +38,7 @@ def _extend(args) -> int:
 def _check(args) -> int:
     from patentgpt.model.vocab import check_model_dir
 
-    sizes = check_model_dir(args.model, args.tokenizer)
-    print(f"ok: model vocab_size {sizes['model_vocab_size']}, tokenizer {sizes['tokenizer_size']} pieces")
+    res = check_model_dir(args.model, args.tokenizer)
+    print(f"ok: model vocab_size {res['model_vocab_size']}, tokenizer {res['tokenizer_size']} pieces "
+          f"(fingerprint {res['fingerprint']}); identity: {res['identity']}")
     return 0

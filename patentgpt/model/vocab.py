@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from patentgpt.config.checks import TOKENIZER_FILES
 from patentgpt.errors import ConfigError, ShardError
 
 # A model may have more rows than its tokenizer has pieces (padding to a multiple of 64/128,
@@ -69,15 +70,63 @@ def model_dir_vocab(model_dir: str | Path) -> int:
     return int(vocab)
 
 
-def check_model_dir(model_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                    max_extra_rows: int | None = MAX_EXTRA_ROWS) -> dict:
-    """Check an HF model directory against a tokenizer (default: the one saved beside it) without
-    loading weights; returns both sizes."""
+def has_tokenizer(model_dir: str | Path) -> bool:
+    return any((Path(model_dir) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def tokenizer_info(path: str | Path):
+    """:class:`~patentgpt.data.shards.TokenizerInfo` (size and pieces' fingerprint) of an HF
+    tokenizer directory or a SentencePiece ``.model`` file."""
+    from patentgpt.data.shards import TokenizerInfo
+
+    path = Path(path)
+    if path.is_file():
+        from patentgpt.tokenizer.hf import load_proto
+
+        load_proto(path)  # a clear error when it is not a SentencePiece model
+        return TokenizerInfo.from_sentencepiece(path, name=str(path))
+    if not path.is_dir():
+        raise ConfigError(f"--tokenizer {path}: not found (an HF tokenizer directory or a .model file)")
+    if not has_tokenizer(path):
+        raise ConfigError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     from transformers import AutoTokenizer
 
-    tokenizer_dir = tokenizer_dir or model_dir
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return TokenizerInfo.from_tokenizer(AutoTokenizer.from_pretrained(path), name=str(path))
+
+
+def check_model_dir(model_dir: str | Path, tokenizer_dir: str | Path | None = None,
+                    max_extra_rows: int | None = MAX_EXTRA_ROWS) -> dict:
+    """Check an HF model directory against a tokenizer (an HF directory or a ``.model`` file;
+    default: the one saved with the model) without loading weights.
+
+    Identity first: when the model directory holds the tokenizer it was trained with, the given
+    tokenizer must have the same pieces with the same ids (equal fingerprints), not just as many:
+    LLaMA-2 and Mistral both have 32,000 pieces and read each other's ids as garbage. Then size:
+    the model must embed every id. Returns sizes, fingerprints and what was compared."""
     vocab = model_dir_vocab(model_dir)
-    check_vocab(vocab, tok, where=f"{model_dir} with tokenizer {tokenizer_dir}", max_extra_rows=max_extra_rows,
-                model_hint=str(model_dir), tokenizer_hint=str(tokenizer_dir))
-    return {"model_vocab_size": vocab, "tokenizer_size": len(tok)}
+    own = tokenizer_info(model_dir) if has_tokenizer(model_dir) else None
+    given = tokenizer_info(tokenizer_dir) if tokenizer_dir is not None else own
+    if given is None:
+        raise ConfigError(f"{model_dir} has no tokenizer saved with it; pass --tokenizer (a directory or .model)")
+    if own is not None and given is not own and not own.same_vocab(given):
+        raise VocabMismatchError(
+            f"{tokenizer_dir} is not the tokenizer saved with {model_dir}: {given.vocab_size} pieces, fingerprint "
+            f"{given.fingerprint} vs {own.vocab_size} pieces, fingerprint {own.fingerprint}. Equal sizes are not "
+            f"enough: the model reads every id as its own tokenizer's piece. Use --tokenizer {model_dir}, or "
+            f"grow the model to the new tokenizer (`patentgpt model extend-vocab`)")
+    try:
+        check_vocab(vocab, given.vocab_size, where=f"{model_dir} with tokenizer {tokenizer_dir or model_dir}",
+                    max_extra_rows=max_extra_rows, model_hint=str(model_dir),
+                    tokenizer_hint=str(tokenizer_dir or "TOKENIZER_DIR"))
+    except VocabMismatchError as exc:
+        if given is not own:
+            raise
+        # the tokenizer saved in the model directory is itself the wrong one: do not suggest it
+        raise VocabMismatchError(
+            f"{model_dir}: the tokenizer saved in the model directory ({own.vocab_size} pieces, fingerprint "
+            f"{own.fingerprint}) does not fit the model's {vocab} embedding rows: the directory holds the wrong "
+            f"tokenizer. Copy in the tokenizer the model was trained or grown with (e.g. the merged tokenizer "
+            f"directory given to extend-vocab) and check again with --tokenizer THAT_DIR") from None
+    return {"model_vocab_size": vocab, "tokenizer_size": given.vocab_size, "fingerprint": given.fingerprint,
+            "identity": "same pieces as the tokenizer saved with the model" if own is not None
+            else "not compared: no tokenizer saved with the model (sizes only)"}

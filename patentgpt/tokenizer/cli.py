@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="drop appended pieces BPE can never produce, making room for later ones; auto: "
                             "whenever the merged vocabulary has user-defined pieces (needed for an exact HF export)")
     merge.add_argument("--check-text", help="extra English text file for the segmentation-change check")
+    merge.add_argument("--required-chars", action="append", metavar="SET",
+                       help="characters that must be single pieces: gb2312-1 (3,755 level-1 hanzi), gb2312-2, "
+                            "gb2312-symbols, gb2312, or a UTF-8 text file (repeatable); coverage goes to merge_report.json")
     merge.add_argument("--no-chat-template", action="store_true")
     merge.set_defaults(func=_merge)
 
@@ -47,7 +50,9 @@ def _train(args) -> int:
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     if args.check:
-        print(cfg.model_dump_json(indent=2))
+        from patentgpt.config import dump_redacted
+
+        print(dump_redacted(cfg))
         return 0
     report = train_from_config(cfg)
     print(json.dumps({k: v for k, v in report.items() if k != "sources"}, indent=2, ensure_ascii=False))
@@ -60,7 +65,8 @@ def _merge(args) -> int:
     report = merge_tokenizers(args.base, args.add, args.out, vocab_size=parse_vocab_size(args.vocab_size),
                               pad_to_multiple=args.pad_to_multiple,
                               prune_unreachable={"auto": None, "yes": True, "no": False}[args.prune_unreachable],
-                              check_text=args.check_text, chat_template=not args.no_chat_template)
+                              check_text=args.check_text, chat_template=not args.no_chat_template,
+                              required_chars=args.required_chars)
     eng = report["english_segmentation"]
     print(f"merged {report['base_size']:,} base + {report['appended']:,} appended + {report['padded']:,} reserved "
           f"= {report['vocab_size']:,} pieces -> {args.out}")
@@ -70,6 +76,11 @@ def _merge(args) -> int:
     print(f"English check: {eng['words_changed']}/{eng['words']} words segment differently "
           f"({100 * eng['words_changed_fraction']:.2f}%), tokens {eng['base_tokens']} -> {eng['merged_tokens']}; "
           f"details in {args.out}/merge_report.json")
+    req = report["required_chars"]
+    if req:
+        print(f"required characters: {req['single_piece']:,}/{req['chars']:,} single pieces "
+              f"({report['required_chars_added']:,} added by the merge)"
+              + (f"; not single pieces: {req['missing_examples']}" if req["missing_examples"] else ""))
     return 0
 
 

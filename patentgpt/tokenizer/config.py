@@ -1,7 +1,7 @@
 """``patentgpt tokenizer train``: the config schema and the run it drives.
 
-Inputs are JSONL files (plain ``text`` records or structured patents, rendered with section
-markers), plain ``.txt`` files (one document per line) and token-shard directories (their
+Inputs are JSONL files (plain ``text`` records or structured patents, rendered by
+:func:`patentgpt.data.render.render_record` with ``template``, the corpus pipeline's template spec), plain ``.txt`` files (one document per line) and token-shard directories (their
 ``meta.json`` names the JSONL files they were made from, whose text is read). Documents are
 split into lines, the unit SentencePiece trains on; over-long lines are cut at a space.
 
@@ -24,6 +24,7 @@ from typing import Iterator, Literal
 from pydantic import Field, field_validator
 
 from patentgpt.config import ConfigError, Section
+from patentgpt.data.pipeline.config import TemplateSpec
 from patentgpt.tokenizer.symbols import SYMBOLS_FILE
 
 
@@ -50,6 +51,9 @@ class MergeSection(Section):
     pad_to_multiple: int = Field(64, ge=1)
     prune_unreachable: bool | None = None  # None: auto (see merge_protos)
     check_text: str | None = None  # extra English text for the segmentation-change check
+    # characters that must be single pieces (patentgpt.tokenizer.charset): a named set such as
+    # gb2312-1 (the 3,755 level-1 hanzi), a text file, or a list of them; never trimmed
+    required_chars: str | list[str] | None = None
 
 
 class TokenizerTrainConfig(Section):
@@ -59,7 +63,8 @@ class TokenizerTrainConfig(Section):
     output_dir: str
     inputs: list[InputSource] = Field(min_length=1)
     text_field: str = "text"
-    render: bool = True  # render structured patents (title/abstract/claims/...) with section markers
+    render: bool = True  # render structured patents (title/abstract/claims/...) by `template`
+    template: TemplateSpec = Field(default_factory=TemplateSpec)  # the corpus pipeline's: train on what shards hold
     model_type: Literal["bpe"] = "bpe"  # merging and the HF export are for BPE
     vocab_size: int = Field(24000, ge=260)
     character_coverage: float = Field(0.9995, gt=0, le=1)
@@ -110,7 +115,7 @@ def resolve_inputs(cfg: TokenizerTrainConfig) -> list[tuple[Path, str, InputSour
     return out
 
 
-def _documents(path: Path, text_field: str, render: bool, rejects: list) -> Iterator[str]:
+def _documents(path: Path, text_field: str, render: bool, rejects: list, template=None) -> Iterator[str]:
     if path.suffix == ".txt":
         with open(path, encoding="utf-8", errors="replace") as fh:
             yield from (ln.rstrip("\n") for ln in fh if ln.strip())
@@ -118,19 +123,16 @@ def _documents(path: Path, text_field: str, render: bool, rejects: list) -> Iter
     if render:
         from patentgpt.data.tokenize import read_jsonl
 
-        yield from read_jsonl([path], text_field, rejects)
+        yield from read_jsonl([path], text_field, rejects, template=template)
         return
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                text = json.loads(raw).get(text_field)
-            except (ValueError, AttributeError):
-                rejects.append((str(path), lineno, "malformed_json"))
-                continue
-            if isinstance(text, str) and text.strip():
-                yield text
-            else:
-                rejects.append((str(path), lineno, "no_text"))
+    from patentgpt.data.jsonl import iter_jsonl
+
+    for lineno, record, reason in iter_jsonl(path):
+        text = record.get(text_field) if record is not None else None
+        if isinstance(text, str) and text.strip():
+            yield text
+        else:
+            rejects.append((str(path), lineno, reason or "no_text"))
 
 
 def split_sentences(text: str, max_bytes: int) -> Iterator[str]:
@@ -176,7 +178,7 @@ def sample_sentences(cfg: TokenizerTrainConfig) -> tuple[list[str], dict]:
     for path, field, src in resolve_inputs(cfg):
         docs = sentences = chars = 0
         n_rejects = len(rejects)
-        for text in _documents(path, field, cfg.render, rejects):
+        for text in _documents(path, field, cfg.render, rejects, cfg.template):
             if src.max_records and docs >= src.max_records:
                 break
             docs += 1
@@ -225,7 +227,10 @@ def train_from_config(cfg: TokenizerTrainConfig) -> dict:
     if cfg.merge is not None:
         from patentgpt.tokenizer.hf import load_proto
 
+        from patentgpt.tokenizer.charset import required_char_set
+
         base = load_proto(cfg.merge.base)  # fail now, not after training, on a bad base
+        required_char_set(cfg.merge.required_chars)  # and on an unknown character set
         if cfg.merge.vocab_size and cfg.merge.vocab_size < len(base.pieces):
             raise ConfigError(f"merge.vocab_size {cfg.merge.vocab_size} is smaller than the base vocabulary "
                               f"({len(base.pieces)} pieces in {cfg.merge.base})")
@@ -280,11 +285,13 @@ def train_from_config(cfg: TokenizerTrainConfig) -> dict:
         m = cfg.merge
         merged = merge_tokenizers(m.base, out / model.name, m.out_dir, vocab_size=m.vocab_size,
                                   pad_to_multiple=m.pad_to_multiple, prune_unreachable=m.prune_unreachable,
-                                  check_text=m.check_text, chat_template=cfg.chat_template)
+                                  check_text=m.check_text, chat_template=cfg.chat_template,
+                                  required_chars=m.required_chars)
         report["merge"] = {k: merged[k] for k in ("out_dir", "vocab_size", "appended", "trimmed", "padded",
                                                   "pruned_unreachable", "pruned_missing_chars",
                                                   "unreachable_appended", "appended_with_missing_chars")}
         report["merge"]["english_words_changed_fraction"] = \
             merged["english_segmentation"]["words_changed_fraction"]
+        report["merge"]["required_chars"] = merged["required_chars"]
         atomic_write_json(out / "train_report.json", report)
     return report

@@ -30,6 +30,10 @@ def load_proto(sp_model: str | Path):
     """Parse a SentencePiece model file; a clear error when it is not one."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
+    if not Path(sp_model).exists():
+        raise ConfigError(f"{sp_model}: file not found (a SentencePiece .model file is expected)")
+    if Path(sp_model).is_dir():
+        raise ConfigError(f"{sp_model} is a directory; give the SentencePiece .model file in it")
     proto = pb.ModelProto()
     try:
         proto.ParseFromString(Path(sp_model).read_bytes())

@@ -75,6 +75,7 @@ class MergeStats:
     prune_unreachable: bool = False
     pruned_unreachable: int = 0
     pruned_missing_chars: int = 0
+    required_chars_added: int = 0  # required characters neither the base nor the added model had
     trimmed: int = 0
     padded: int = 0
     vocab_size: int = 0
@@ -128,7 +129,7 @@ def _check_mergeable(base, add, base_path, add_path) -> None:
 
 
 def merge_protos(base_path: str | Path, add_path: str | Path, *, vocab_size: int | None = None,
-                 pad_to_multiple: int = 64, prune_unreachable: bool | None = None):
+                 pad_to_multiple: int = 64, prune_unreachable: bool | None = None, required_chars: str = ""):
     """Return ``(merged ModelProto, MergeStats)``.
 
     ``vocab_size``: ``None`` rounds the merged size up to ``pad_to_multiple``; ``0`` keeps it as
@@ -145,6 +146,9 @@ def merge_protos(base_path: str | Path, add_path: str | Path, *, vocab_size: int
     Pruning also drops appended pieces with a character that is not a piece (see
     :func:`missing_char_pieces`), the other way SentencePiece and HF BPE can disagree.
     Only ``vocab_size=0`` with no symbols keeps them (Chinese-LLaMA's 49,953 includes them).
+    ``required_chars`` (see :mod:`patentgpt.tokenizer.charset`): every one of these characters
+    becomes a single piece; those the base and the added model lack are appended after the added
+    model's pieces, and none of them is ever trimmed (lower-priority added pieces make room).
     """
     base, add = load_proto(base_path), load_proto(add_path)
     _check_mergeable(base, add, base_path, add_path)
@@ -182,6 +186,15 @@ def merge_protos(base_path: str | Path, add_path: str | Path, *, vocab_size: int
         else:
             candidates.append((p.piece, p.type))
             present.add(p.piece)
+    for ch in required_chars:
+        if ch not in present:
+            candidates.append((ch, NORMAL))
+            present.add(ch)
+            stats.required_chars_added += 1
+    required = set(required_chars)
+    if vocab_size and len({c for c in required if c not in base_vocab}) > vocab_size - base_size:
+        raise ConfigError(f"required characters missing from the base ({len(required - base_vocab)}) exceed the "
+                          f"room the vocabulary size leaves ({vocab_size} - {base_size} base pieces)")
     if stats.skipped.get("byte_missing_in_base"):
         stats.notes.append("the base has no byte-fallback pieces; the added model's were not appended")
 
@@ -200,8 +213,9 @@ def merge_protos(base_path: str | Path, add_path: str | Path, *, vocab_size: int
         prune_unreachable = has_user or not exact
     stats.prune_unreachable = prune_unreachable
     if prune_unreachable:
-        candidates, stats.pruned_unreachable, stats.pruned_missing_chars = _prune(build, candidates, budget, base_vocab)
-    candidates, stats.trimmed = _fit(candidates, budget, base_vocab)
+        candidates, stats.pruned_unreachable, stats.pruned_missing_chars = _prune(build, candidates, budget, base_vocab,
+                                                                                  required)
+    candidates, stats.trimmed = _fit(candidates, budget, base_vocab, required)
     merged = build(candidates)
     stats.appended = len(candidates)
     stats.appended_user_defined = sum(t == USER_DEFINED for _, t in candidates)
@@ -247,8 +261,10 @@ def unreachable_pieces(proto, ids) -> list[int]:
     return out
 
 
-def _fit(candidates, budget, vocab: set[str]):
+def _fit(candidates, budget, vocab: set[str], required: set[str] = frozenset()):
     """Trim ``candidates`` to ``budget`` pieces, keeping the added model's order.
+
+    Pieces in ``required`` (required characters) are kept first, whatever their place.
 
     SentencePiece BPE models list their single characters last (lowest scores), yet every longer
     piece is built from them; cutting them first would send those characters to byte fallback
@@ -259,7 +275,7 @@ def _fit(candidates, budget, vocab: set[str]):
     if budget is None or len(candidates) <= budget:
         return candidates, 0
     index = {piece: j for j, (piece, _) in enumerate(candidates)}
-    keep: set[int] = set()
+    keep: set[int] = {j for j, (piece, _) in enumerate(candidates) if piece in required}
     for j, (piece, _) in enumerate(candidates):
         if len(keep) >= budget:
             break
@@ -286,12 +302,12 @@ def missing_char_pieces(proto, ids) -> list[int]:
             and any(ch not in vocab for ch in proto.pieces[i].piece)]
 
 
-def _prune(build, candidates, budget, vocab):
+def _prune(build, candidates, budget, vocab, required: set[str] = frozenset()):
     """Drop unreachable candidates, and those with characters outside the vocabulary, until the
     ones that fit the budget are all clean. Returns (candidates, unreachable, missing chars)."""
     unreachable = missing = 0
     while True:
-        window, _ = _fit(candidates, budget, vocab)
+        window, _ = _fit(candidates, budget, vocab, required)
         merged = build(window)
         base_size = len(merged.pieces) - len(window)
         ids = range(base_size, len(merged.pieces))
@@ -373,17 +389,22 @@ def segmentation_change(base_proto, merged_proto, text: str, max_examples: int =
 
 def merge_tokenizers(base_path: str | Path, add_path: str | Path, out_dir: str | Path, *,
                      vocab_size: int | None = None, pad_to_multiple: int = 64, prune_unreachable: bool | None = None,
-                     check_text: str | Path | None = None, chat_template: str | None | bool = True) -> dict:
+                     check_text: str | Path | None = None, chat_template: str | None | bool = True,
+                     required_chars: str | list[str] | None = None) -> dict:
     """Merge, then publish ``out_dir`` atomically: ``tokenizer.model``, the HF tokenizer files
     (``AutoTokenizer.from_pretrained(out_dir)`` encodes as the SentencePiece model) and
-    ``merge_report.json``. Returns the report."""
+    ``merge_report.json``. ``required_chars``: a character set spec (:mod:`.charset`) made single
+    pieces; its coverage is in the report. Returns the report."""
     import shutil
 
     from patentgpt.io import atomic_write_json, publish_dir
     from patentgpt.tokenizer.hf import CHATML_TEMPLATE, save_hf_tokenizer
 
+    from patentgpt.tokenizer.charset import required_char_set, single_piece_coverage
+
+    chars = required_char_set(required_chars)
     merged, stats = merge_protos(base_path, add_path, vocab_size=vocab_size, pad_to_multiple=pad_to_multiple,
-                                 prune_unreachable=prune_unreachable)
+                                 prune_unreachable=prune_unreachable, required_chars=chars)
     base = load_proto(base_path)
     text = ENGLISH_SAMPLE
     sources = ["built-in sample"]
@@ -399,6 +420,7 @@ def merge_tokenizers(base_path: str | Path, add_path: str | Path, out_dir: str |
         "unreachable_appended": len(unreachable_pieces(merged, appended_ids)),
         "appended_with_missing_chars": len(missing_char_pieces(merged, appended_ids)),
         "english_segmentation": {"sources": sources, **segmentation_change(base, merged, text)},
+        "required_chars": {"spec": required_chars, **single_piece_coverage(merged, chars)} if chars else None,
         "out_dir": str(out_dir),
     }
     out_dir = Path(out_dir)

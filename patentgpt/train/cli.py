@@ -39,8 +39,12 @@ def _train(args) -> int:
     from patentgpt.train.stages import config_class, run_stage
 
     cfg = load_config(config_class(args.stage), args.config, args.overrides)
+    from patentgpt.config import dump_redacted
+    from patentgpt.config.checks import check_train_paths
+
+    check_train_paths(cfg)  # tokenizer / init_from / data / output dir, before any heavy start-up
     if args.check:
-        print(cfg.model_dump_json(indent=2))
+        print(dump_redacted(cfg))
         return 0
     summary = run_stage(args.stage, cfg)
     import torch.distributed as dist

@@ -147,6 +147,9 @@ class TrainConfigBase(Section):
 
     @model_validator(mode="after")
     def _check_schedule(self):
+        from patentgpt.config.checks import check_train_static
+
+        check_train_static(self)  # run.name, model.rope_scaling, deepspeed.extra
         if self.optim.warmup_steps >= self.train.max_steps and self.train.max_steps > 1:
             raise ValueError(f"optim.warmup_steps {self.optim.warmup_steps} must be < train.max_steps "
                              f"{self.train.max_steps}")

@@ -1,27 +1,83 @@
-"""Export a training checkpoint (any ZeRO stage) to a transformers model directory."""
+"""Export a training checkpoint (any ZeRO stage) to a transformers model directory.
+
+Checkpoint files are pickles, and a checkpoint may come from someone else: every ``torch.load``
+of an export (ours and DeepSpeed's ``zero_to_fp32``, which asks for ``weights_only=False``) runs
+with ``weights_only=True`` and an allow-list of the few DeepSpeed classes its optimizer state
+holds (:data:`DEEPSPEED_SAFE_GLOBALS`). A file that needs anything else is refused with
+:class:`UnsafeCheckpointError` (exit 2) before any of its code can run.
+"""
 
 from __future__ import annotations
 
+import pickle
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
+from patentgpt.config import ConfigError
 from patentgpt.io import publish_dir
 from patentgpt.train.checkpoint import COMPLETE, DS_TAG
 
+# What DeepSpeed's ZeRO optimizer state pickles besides tensors and plain containers.
+DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+)
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint file that cannot be loaded without running arbitrary code."""
+
+
+def _safe_globals() -> list:
+    import importlib
+
+    return [getattr(importlib.import_module(mod), name) for mod, name in DEEPSPEED_SAFE_GLOBALS]
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within the block, ``torch.load`` always means ``weights_only=True`` (with the allow-list)."""
+    original = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return original(f, *args, **kwargs)
+        except pickle.UnpicklingError:
+            allowed = {f"{mod}.{name}" for mod, name in DEEPSPEED_SAFE_GLOBALS}
+            try:
+                unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(f) if g not in allowed]
+            except Exception:  # noqa: BLE001 - only for the message
+                unsafe = ["?"]
+            raise UnsafeCheckpointError(
+                f"refusing to load {f}: it holds more than weights and plain data (needs {', '.join(unsafe)}). "
+                f"Loading it could "
+                f"run arbitrary code; export only checkpoints you trust, with torch.load(..., weights_only=False) "
+                f"yourself") from None
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            yield
+    finally:
+        torch.load = original
+
 
 def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a DeepSpeed checkpoint directory written by this project.
-
-    These files are our own (written by ``save_checkpoint``); DeepSpeed's format needs pickle.
-    """
+    """Full fp32 weights from a DeepSpeed checkpoint directory written by this project."""
     ds_dir = ckpt / DS_TAG
-    if list(ds_dir.glob("*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with weights_only_loads():
+        if list(ds_dir.glob("*optim_states.pt")):
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
-    states = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+        states = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu")
     return {k: v.float() for k, v in states["module"].items()}
 
 

@@ -1,20 +1,67 @@
-"""Metrics to ``RUN_DIR/metrics.jsonl`` and Weights & Biases; W&B trouble never stops training."""
+"""Metrics to ``RUN_DIR/metrics.jsonl`` and Weights & Biases; W&B trouble never stops training.
+
+W&B start-up is bounded: in online mode the server is first probed with an HTTP request of
+:data:`WANDB_PROBE_TIMEOUT_S` seconds, and ``wandb.init`` gets an init timeout of
+:data:`WANDB_INIT_TIMEOUT_S`; an unreachable server or a failed online start falls back to offline
+mode (sync later with ``wandb sync``) with one warning, instead of stalling every launch.
+``metrics.jsonl`` is append-only: a torn last line (full disk, power loss) is skipped with a warning.
+"""
 
 from __future__ import annotations
 
 import json
-import secrets
 import os
+import secrets
 import warnings
 from pathlib import Path
 
+from patentgpt.data.jsonl import iter_jsonl
+from patentgpt.io import atomic_write_text
 from patentgpt.train.config import WandbSection
+
+WANDB_PROBE_TIMEOUT_S = float(os.environ.get("PATENTGPT_WANDB_PROBE_TIMEOUT", "3"))
+WANDB_INIT_TIMEOUT_S = float(os.environ.get("PATENTGPT_WANDB_INIT_TIMEOUT", "15"))
 
 
 def wandb_mode(cfg: WandbSection) -> str:
     if cfg.mode != "auto":
         return cfg.mode
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def unreachable(base_url: str, timeout: float | None = None) -> str | None:
+    """None when ``base_url`` answers an HTTP request (any status) within ``timeout`` s, else why not:
+    no DNS, no route, connection refused, or a server that accepts connections but does not answer."""
+    import urllib.error
+    import urllib.request
+
+    timeout = WANDB_PROBE_TIMEOUT_S if timeout is None else timeout
+    try:
+        urllib.request.urlopen(base_url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{base_url} did not answer within {timeout:g} s ({type(reason).__name__}: {reason})"
+    return None
+
+
+def _init_wandb(mode: str, **kwargs):
+    """``wandb.init`` bounded in time; online trouble falls back to offline with one warning."""
+    import wandb
+
+    if mode == "online":
+        problem = unreachable(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
+        if problem is None:
+            try:
+                return wandb.init(mode="online", settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S), **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a failed online start must not cost the run
+                problem = f"online start failed: {type(exc).__name__}: {exc}"
+                wandb.teardown()  # forget the half-started run, or offline init finds its id "in use"
+        warnings.warn(f"W&B server not reachable ({problem}); logging offline for this run "
+                      f"(upload later with `wandb sync`)", stacklevel=3)
+        mode = "offline"
+    return wandb.init(mode=mode, **kwargs)
 
 
 class Monitor:
@@ -32,14 +79,11 @@ class Monitor:
         if mode == "disabled":
             return
         try:
-            import wandb
-
             id_file = Path(run_dir) / "wandb_id.txt"
             run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
             id_file.write_text(run_id)
-            self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags,
-                                  name=run_name, id=run_id, resume="allow", dir=str(run_dir), mode=mode,
-                                  config=config)
+            self.run = _init_wandb(mode, project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags,
+                                   name=run_name, id=run_id, resume="allow", dir=str(run_dir), config=config)
         except Exception as exc:  # noqa: BLE001 - monitoring must never stop training
             warnings.warn(f"W&B disabled for this run: {type(exc).__name__}: {exc}")
             self.run = None
@@ -48,8 +92,8 @@ class Monitor:
         """On resume, drop records of steps after the checkpoint (they will be logged again)."""
         if not self.path.is_file():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -83,7 +127,17 @@ class Monitor:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Records of ``RUN_DIR/metrics.jsonl``; unreadable lines (a torn last line) are skipped, with a warning."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    records, bad = [], []
+    for lineno, record, reason in iter_jsonl(path):
+        if reason is None and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            bad.append(f"line {lineno} ({reason or 'no step'})")
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s) (a torn last line means the run was "
+                      f"cut off while logging): {', '.join(bad[:5])}", stacklevel=2)
+    return records

@@ -39,7 +39,7 @@ Every record read is either kept or removed with exactly one reason: ingest reas
 ``rejects.jsonl`` (and all of them to ``OUTPUT_DIR/rejects.jsonl``); ``report.json`` checks
 ``read == kept + sum(removed)`` per source before it is written.
 
-Modules: :mod:`.config` (schema), :mod:`.ingest`, :mod:`.template`, :mod:`.clean`,
+Modules: :mod:`.config` (schema), :mod:`.ingest` (rendering: :mod:`patentgpt.data.render`), :mod:`.clean`,
 :mod:`.langid`, :mod:`.filters`, :mod:`.dedup` (+ :mod:`.minhash`), :mod:`.rewrite`,
 :mod:`.synth`, :mod:`.mixtures`, :mod:`.card`, :mod:`.report`, :mod:`.docstore`
 (intermediate JSONL), :mod:`.parallel` (ordered multiprocess map), :mod:`.steps` (the step

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from patentgpt.data.pipeline.config import FiltersConfig
-from patentgpt.data.pipeline.langid import EN_FUNCTION_WORDS
+from patentgpt.data.lang import EN_FUNCTION_WORDS
 
 FILTER_ORDER = ("length", "boilerplate", "garbled_ocr", "symbol_ratio", "digit_ratio", "repeated_lines",
                 "repeated_ngrams", "mean_word_length")

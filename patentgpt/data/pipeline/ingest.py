@@ -1,8 +1,9 @@
 """Ingest: read every source's files, map their fields, render the training text.
 
-JSONL (optionally ``.gz``) is read line by line here, so one bad line costs one record, not the
-file: ``malformed_json``, ``undecodable_utf8`` and ``not_an_object`` are counted with the line
-number. JSON, CSV and parquet go through ``datasets`` (with Python's own ``json``/``csv`` as a
+JSONL (plain, gzip or zstd, told by magic bytes) is read line by line by
+:func:`patentgpt.data.jsonl.iter_jsonl`, so one bad line costs one record, not the file:
+``malformed_json``, ``undecodable_utf8``, ``too_deeply_nested`` and ``not_an_object`` are counted
+with the line number. JSON, CSV and parquet go through ``datasets`` (with Python's own ``json``/``csv`` as a
 fallback when ``datasets`` cannot read a file as a whole, e.g. mixed types or bad bytes in a CSV).
 Mapped records with no usable text or without a ``required`` field are ``missing_field``; a field
 of the wrong type (a number where text is expected, an object as claims) is ``wrong_type``. An
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import gzip
 import io
 import json
 import os
@@ -29,7 +29,8 @@ from patentgpt.config import ConfigError
 from patentgpt.data.pipeline.config import DataPipelineConfig, SourceSpec
 from patentgpt.data.pipeline.docstore import JsonlWriter
 from patentgpt.data.pipeline.report import Ledger
-from patentgpt.data.pipeline.template import render_patent, render_text
+from patentgpt.data.jsonl import iter_jsonl, open_binary, read_json_records, strip_compression_suffix
+from patentgpt.data.render import render_patent, render_text
 
 TEXT_FIELDS = ("title", "abstract", "description", "text")
 LIST_FIELDS = ("ipc", "cpc")
@@ -68,41 +69,13 @@ def resolve_files(cfg: DataPipelineConfig) -> dict[str, list[Path]]:
 def file_format(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
-    suffixes = path.suffixes
-    ext = suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else path.suffix
-    fmt = _EXT_FORMAT.get(ext.lower())
+    fmt = _EXT_FORMAT.get(strip_compression_suffix(path).suffix.lower())
     if fmt is None:
         raise ConfigError(f"cannot tell the format of {path}; set the source's format")
     return fmt
 
 
 # ---------------------------------------------------------------------------------------- readers
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line number, record, None) or (line number, None, reason) for each non-blank line."""
-    with _open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield lineno, None, "undecodable_utf8"
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError:
-                yield lineno, None, "malformed_json"
-                continue
-            if not isinstance(record, dict):
-                yield lineno, None, "not_an_object"
-                continue
-            yield lineno, record, None
-
-
 def _read_with_datasets(path: Path, fmt: str, src: SourceSpec, cache_dir: str) -> Iterator[dict]:
     import datasets
 
@@ -119,19 +92,12 @@ def _read_with_datasets(path: Path, fmt: str, src: SourceSpec, cache_dir: str) -
 
 
 def _read_json_python(path: Path, src: SourceSpec) -> Iterator[tuple[dict | None, str | None]]:
-    with _open_binary(path) as fh:
-        raw = fh.read()
-    data = json.loads(raw.decode("utf-8"))
-    if src.json_field:
-        data = data.get(src.json_field) if isinstance(data, dict) else None
-    if not isinstance(data, list):
-        raise ValueError("top level is not a list of records" + (f" under {src.json_field!r}" if src.json_field else ""))
-    for row in data:
-        yield (row, None) if isinstance(row, dict) else (None, "not_an_object")
+    for _, row, reason in read_json_records(path, src.json_field or None):
+        yield row, reason
 
 
 def _read_csv_python(path: Path, src: SourceSpec) -> Iterator[tuple[dict | None, str | None]]:
-    with _open_binary(path) as fh:
+    with open_binary(path) as fh:
         text = fh.read().decode("utf-8", errors="surrogateescape")
     delim = "\t" if path.suffix == ".tsv" else src.csv_delimiter
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
@@ -153,7 +119,7 @@ def _read_csv_python(path: Path, src: SourceSpec) -> Iterator[tuple[dict | None,
 def read_file(path: Path, fmt: str, src: SourceSpec, cache_dir: str) -> Iterator[tuple[int, dict | None, str | None]]:
     """(location number, record or None, reject reason or None) for every record of one file."""
     if fmt == "jsonl":
-        yield from read_jsonl(path)
+        yield from iter_jsonl(path)
         return
     try:
         rows = list(_read_with_datasets(path, fmt, src, cache_dir))

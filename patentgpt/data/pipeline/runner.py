@@ -87,10 +87,9 @@ def check_config(cfg: DataPipelineConfig) -> dict[str, list[Path]]:
 
     files = resolve_files(cfg)
     if "mixtures" in cfg.steps:
-        tok = Path(cfg.mixtures.tokenizer)
-        if not tok.is_dir() or not any((tok / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            raise ConfigError(f"mixtures.tokenizer: {tok} is not an HF tokenizer directory "
-                              "(no tokenizer.json / tokenizer_config.json)")
+        from patentgpt.config.checks import check_tokenizer_dir
+
+        check_tokenizer_dir(cfg.mixtures.tokenizer, "mixtures.tokenizer")
     for step in ("synth", "rewrite"):
         section = getattr(cfg, step)
         if step in cfg.steps and getattr(section, "enabled", False):

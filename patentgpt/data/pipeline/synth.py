@@ -43,6 +43,8 @@ from typing import Iterable, Iterator
 from pydantic import Field, field_validator
 
 from patentgpt.config import ConfigError, Section
+from patentgpt.data.jsonl import iter_jsonl, read_json_records
+from patentgpt.data.lang import detect_lang
 
 TASKS: tuple[str, ...] = (
     "title_from_abstract",
@@ -130,8 +132,6 @@ class _Skip(Exception):
 
 _CHAT_TOKENS = re.compile(r"<\|im_(?:start|end)\|>|<\|endoftext\|>")
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0\u3000]+")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
 
 
 def clean_text(value: str) -> str:
@@ -140,16 +140,6 @@ def clean_text(value: str) -> str:
     value = _CHAT_TOKENS.sub("", value)
     lines = (_SPACES.sub(" ", line).strip() for line in value.splitlines())
     return "\n".join(line for line in lines if line)
-
-
-def detect_lang(text: str) -> str | None:
-    """'zh' when CJK characters are at least a fifth of the letters, 'en' when Latin letters
-    dominate, None when neither script is present."""
-    cjk = len(_CJK.findall(text))
-    latin = len(_LATIN.findall(text))
-    if cjk and cjk * 5 >= cjk + latin:
-        return "zh"
-    return "en" if latin else None
 
 
 def _choice(seed: int, task: str, source_id: str, n: int) -> int:
@@ -770,23 +760,16 @@ def load_qa_files(paths: Iterable[str | os.PathLike], *, base_dir: str | os.Path
             raise ConfigError(f"synth.qa_files: file not found: {path}")
         if path.suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"synth.qa_files: {path} is not valid JSON: {exc}") from None
-            data = data.get("data", data) if isinstance(data, dict) else data
-            if not isinstance(data, list):
-                raise ConfigError(f"synth.qa_files: {path} must hold a list of questions")
-            items.extend(data)
-            continue
-        with open(path, "rb") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    items.append(json.loads(line.decode("utf-8")))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    if stats is not None:
-                        stats.skip("qa", "malformed_line")
+                rows = list(read_json_records(path, field="data"))
+            except ValueError as exc:
+                raise ConfigError(f"synth.qa_files: {path} must hold a list of questions ({exc})") from None
+        else:
+            rows = iter_jsonl(path)
+        for _, item, reason in rows:
+            if reason is None:
+                items.append(item)
+            elif stats is not None:
+                stats.skip("qa", "malformed_line" if reason != "not_an_object" else "not_a_record")
     return items
 
 

@@ -6,16 +6,11 @@ from pathlib import Path
 
 import torch
 
+from patentgpt.data.lang import detect_lang
 from patentgpt.data.loader import MixtureLoader, holdout_split, pack_documents
 from patentgpt.data.shards import ShardError, ShardSet, TokenizerInfo
 from patentgpt.train.config import PretrainConfig
 from patentgpt.train.lm import CausalLMStage
-
-
-def detect_lang(text: str) -> str | None:
-    from patentgpt.data.pipeline.synth import detect_lang as detect
-
-    return detect(text)
 
 
 class PretrainStage(CausalLMStage):

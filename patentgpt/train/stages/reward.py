@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from patentgpt.data.chat import record_lang, to_pair
 from patentgpt.data.chat_loader import WeightedStream, rank_slices, render_chat
-from patentgpt.data.jsonl import iter_records
+from patentgpt.data.jsonl import read_json_records
 from patentgpt.data.loader import holdout_split
 from patentgpt.errors import DataError
 from patentgpt.train.config import RewardConfig
@@ -82,7 +82,7 @@ class RewardStage(Stage):
         if not path.is_file():
             raise DataError(f"data.sources[{spec.name}].path: {path} not found")
         kept, reasons, read = [], Counter(), 0
-        for line, record, reason in iter_records(path):
+        for line, record, reason in read_json_records(path):
             read += 1
             pair = None
             if reason is None:

@@ -18,7 +18,7 @@ import torch
 
 from patentgpt.data.chat import record_lang, to_messages
 from patentgpt.data.chat_loader import PackedChatLoader, pack_eval_rows, tokenize_chat
-from patentgpt.data.jsonl import iter_records
+from patentgpt.data.jsonl import read_json_records
 from patentgpt.data.loader import holdout_split
 from patentgpt.errors import DataError
 from patentgpt.train.config import SFTConfig
@@ -52,7 +52,7 @@ class SFTStage(CausalLMStage):
         if not path.is_file():
             raise DataError(f"data.sources[{spec.name}].path: {path} not found")
         kept, reasons, read = [], Counter(), 0
-        for line, record, reason in iter_records(path):
+        for line, record, reason in read_json_records(path):
             read += 1
             messages = None
             if reason is None:
