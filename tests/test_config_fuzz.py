@@ -34,6 +34,7 @@ def _plant(tmp: Path, fault: str):
     cases = {
         # --- used to be tracebacks or silently accepted
         "tokenizer_missing": (DEMO, ["data.tokenizer=nowhere/tokenizer"]),
+        "source_missing": (DEMO, ["data.sources=[{name: patents, path: nowhere/shards}]"]),
         "tokenizer_empty": (DEMO, ["data.tokenizer="]),
         "tokenizer_is_file": (DEMO, [f"data.tokenizer={tmp / 'a_file'}"]),
         "tokenizer_not_tokenizer": (DEMO, [f"data.tokenizer={tmp / 'empty_dir'}"]),
@@ -79,6 +80,7 @@ def _plant(tmp: Path, fault: str):
 
 # fault -> what stderr must name
 EXPECT = {
+    "source_missing": "data.sources[patents].path",
     "tokenizer_missing": "data.tokenizer", "tokenizer_empty": "data.tokenizer", "tokenizer_is_file": "data.tokenizer",
     "tokenizer_not_tokenizer": "data.tokenizer", "init_from_missing": "model.init_from",
     "init_from_empty": "model.init_from", "init_from_no_config": "model.init_from",
@@ -98,8 +100,9 @@ EXPECT = {
 
 
 @pytest.fixture
-def base_args(tmp_path, ip_tokenizer_dir):
-    return ["--set", f"data.tokenizer={ip_tokenizer_dir}", "--set", f"run.output_dir={tmp_path / 'runs'}"]
+def base_args(tmp_path, ip_tokenizer_dir, demo_shards):
+    return ["--set", f"data.tokenizer={ip_tokenizer_dir}", "--set", f"run.output_dir={tmp_path / 'runs'}",
+            "--set", f"data.sources=[{{name: patents, path: {demo_shards['patents']}}}]"]
 
 
 def check(config: Path, overrides: list[str], base: list[str], capsys) -> tuple[int, str, str, float]:
