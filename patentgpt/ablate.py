@@ -1,8 +1,9 @@
-"""``patentgpt ablate SWEEP.yaml``: a grid of pretraining runs from one base config.
+"""``patentgpt ablate SWEEP.yaml``: a grid of training runs (any stage) from one base config.
 
 A sweep file::
 
     group: moe-vs-dense              # W&B group and the runs' parent directory
+    stage: pretrain                  # pretrain (default), sft, rm, ... (patentgpt.train.stages.STAGES)
     base: ../pretrain/demo_dense.yaml
     launcher: python                 # or e.g. "deepspeed --num_gpus 8"
     set: {train.max_steps: 100}      # overrides for every run
@@ -30,9 +31,6 @@ from pydantic import Field
 
 from patentgpt.config import ConfigError, Section, load_config, load_yaml_tree
 
-LAUNCH_SCRIPT = "launch/pretrain.py"
-
-
 class Variant(Section):
     config: str | None = None
     set: dict[str, Any] = Field(default_factory=dict)
@@ -40,6 +38,7 @@ class Variant(Section):
 
 class Sweep(Section):
     group: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    stage: str = "pretrain"
     base: str
     launcher: str = "python"
     set: dict[str, Any] = Field(default_factory=dict)
@@ -52,9 +51,10 @@ class PlannedRun:
     name: str
     config: str
     overrides: list[str]
+    script: str
 
     def command(self, launcher: str) -> str:
-        parts = [*shlex.split(launcher), LAUNCH_SCRIPT, "--config", self.config]
+        parts = [*shlex.split(launcher), self.script, "--config", self.config]
         for o in self.overrides:
             parts += ["--set", o]
         return shlex.join(parts)
@@ -65,12 +65,14 @@ def _fmt(value: Any) -> str:
 
 
 def plan(sweep_path: str | Path) -> tuple[Sweep, list[PlannedRun]]:
-    from patentgpt.train.config import PretrainConfig
+    from patentgpt.config.base import validate
+    from patentgpt.train.stages import STAGES, config_class
 
     sweep_path = Path(sweep_path)
-    from patentgpt.config.base import validate
-
     sweep = validate(Sweep, load_yaml_tree(sweep_path), source=str(sweep_path))
+    if sweep.stage not in STAGES:
+        raise ConfigError(f"stage: {sweep.stage!r} is not a stage; choose from {', '.join(STAGES)}")
+    config_cls, script = config_class(sweep.stage), STAGES[sweep.stage][2]
     here = sweep_path.resolve().parent
     keys = list(sweep.grid)
     runs = []
@@ -80,23 +82,23 @@ def plan(sweep_path: str | Path) -> tuple[Sweep, list[PlannedRun]]:
             suffix = "".join(f"-{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, values))
             name = f"{sweep.group}-{vname}{suffix}"
             sets = {**sweep.set, **variant.set, **dict(zip(keys, values))}
-            base_cfg = load_config(PretrainConfig, config)
+            base_cfg = load_config(config_cls, config)
             overrides = [f"{k}={v}" for k, v in sets.items()] + [
                 f"run.name={name}",
                 f"run.output_dir={Path(base_cfg.run.output_dir) / sweep.group}",
                 f"logging.wandb.group={sweep.group}",
             ]
             try:
-                load_config(PretrainConfig, config, overrides)
+                load_config(config_cls, config, overrides)
             except ConfigError as exc:
                 raise ConfigError(f"sweep {sweep_path}, run {name}: {exc}") from None
             rel = config.relative_to(Path.cwd()) if config.is_relative_to(Path.cwd()) else config
-            runs.append(PlannedRun(name, str(rel), overrides))
+            runs.append(PlannedRun(name, str(rel), overrides, script))
     return sweep, runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ablate", help="run (or print) a sweep of pretraining runs")
+    p = sub.add_parser("ablate", help="run (or print) a sweep of training runs (any stage)")
     p.add_argument("sweep", help="sweep YAML, e.g. configs/ablations/moe_vs_dense.yaml")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print each run's name and command")

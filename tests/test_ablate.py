@@ -35,3 +35,18 @@ def test_bad_grid_value_is_caught_before_any_run(tmp_path):
                      "grid:\n  model.num_heads: [6, 5]\n")
     with pytest.raises(ConfigError, match="g-base-num_heads=5"):
         plan(sweep)
+
+
+def test_sft_sweep_uses_the_sft_launcher_and_validates_sft_keys(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    assert main(["ablate", str(REPO / "configs" / "ablations" / "sft_packing.yaml"), "--emit"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("launch/sft.py --config configs/sft/demo.yaml" in ln for ln in lines)
+    assert sum("data.packing=False" in ln for ln in lines) == 2
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"group: g\nstage: sft\nbase: {REPO / 'configs/sft/demo.yaml'}\ngrid:\n  data.packin: [true]\n")
+    with pytest.raises(ConfigError, match="data.packin"):
+        plan(sweep)
+    sweep.write_text(f"group: g\nstage: dpo\nbase: {REPO / 'configs/sft/demo.yaml'}\n")
+    with pytest.raises(ConfigError, match="'dpo' is not a stage"):
+        plan(sweep)
