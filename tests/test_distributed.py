@@ -15,11 +15,11 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5  # absolute, on the step loss; observed: identical to the last printed digit
 
 
-def _launch(cmd, cfg_path, name, tmp_path):
+def _launch(cmd, cfg_path, name, tmp_path, extra=()):
     env = {**env_without_rendezvous(), "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([*cmd, str(REPO / "launch" / "pretrain.py"), "--config", str(cfg_path),
-                           "--set", f"run.name={name}"], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=600)
+                           "--set", f"run.name={name}", *extra], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [r["loss"] for r in metrics(tmp_path / name)]
 

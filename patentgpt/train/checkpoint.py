@@ -126,16 +126,53 @@ def clean_incomplete(root: str | Path) -> list[Path]:
     return removed
 
 
+UNIVERSAL_SUFFIX = "_universal"
+
+
+def needs_universal(ckpt: Path, world: int, zero_stage: int) -> bool:
+    """A ZeRO 1-3 checkpoint saved on another data-parallel size loads only as DeepSpeed's universal
+    checkpoint (DeepSpeed refuses the partitions otherwise); ZeRO-0 loads on any size."""
+    return zero_stage > 0 and int(read_trainer_state(ckpt).get("world_size", world)) != world
+
+
+def convert_to_universal(ckpt: Path, tags: list[str]) -> None:
+    """Convert each engine's partitions of ``ckpt`` with DeepSpeed's ``ds_to_universal`` (rank 0;
+    written to a temporary folder and renamed, so an interrupted conversion is redone)."""
+    import os
+    import subprocess
+    import sys
+
+    for tag in tags:
+        final = ckpt / f"{tag}{UNIVERSAL_SUFFIX}"
+        if final.is_dir():
+            continue
+        tmp = ckpt / f".tmp-{tag}{UNIVERSAL_SUFFIX}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(ckpt / tag), "--output_folder", str(tmp), "--num_extract_workers", "2",
+                               "--num_merge_workers", "1"], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"converting {ckpt / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+        os.replace(tmp, final)
+
+
 def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / "trainer_state.json").read_text())
 
 
-def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int, extra_engines: dict | None = None) -> dict:
+def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int, extra_engines: dict | None = None,
+                    universal: bool = False) -> dict:
     """Restore DeepSpeed state (of every engine), this rank's RNG and every named state; returns the
-    trainer state."""
-    for tag, eng in {DS_TAG: engine, **(extra_engines or {})}.items():
-        load_path, _ = eng.load_checkpoint(str(ckpt), tag=tag, load_optimizer_states=True,
-                                           load_lr_scheduler_states=False)
+    trainer state. ``universal``: load the engines' universal conversions (another world size)."""
+    engines = {DS_TAG: engine, **(extra_engines or {})}
+    if universal:
+        if rank == 0:
+            convert_to_universal(ckpt, list(engines))
+        barrier()
+    for tag, eng in engines.items():
+        load_path, _ = eng.load_checkpoint(str(ckpt), tag=tag + (UNIVERSAL_SUFFIX if universal else ""),
+                                           load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {ckpt / tag}")
     rng_file = ckpt / "rng" / f"rank_{rank:05d}.pt"

@@ -81,7 +81,8 @@ class Trainer:
 
         from patentgpt.model.build import DTYPES
         from patentgpt.model.flops import device_peak_flops
-        from patentgpt.train.checkpoint import clean_incomplete, latest_checkpoint, load_checkpoint, save_checkpoint
+        from patentgpt.train.checkpoint import (clean_incomplete, latest_checkpoint, load_checkpoint, needs_universal,
+                                                save_checkpoint)
         from patentgpt.train.dist import all_reduce_sum, barrier, init_distributed
         from patentgpt.train.engine import deepspeed_config, make_engine, model_construction, stage0_grad_norm
         from patentgpt.train.export import export_checkpoint
@@ -110,6 +111,10 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         ds_config = deepspeed_config(cfg, micro, accum, global_batch)
+        resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
+        universal = resume_from is not None and needs_universal(resume_from, world, cfg.deepspeed.zero_stage)
+        if universal:  # saved on another number of ranks: DeepSpeed loads it as a universal checkpoint
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         with model_construction(ds_config):
             model = stage.build_model(ctx)
         model.config.architectures = [type(model).__name__]  # what export and the Auto classes load
@@ -123,12 +128,12 @@ class Trainer:
         meta = {"stage": stage.name, "world_size": world, "global_batch_size": global_batch}
 
         start_step = 0
-        resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
         if resume_from is not None:
-            start_step = load_checkpoint(engine, resume_from, states, rank=rank,
-                                         extra_engines=stage.extra_engines())["step"]
+            start_step = load_checkpoint(engine, resume_from, states, rank=rank, extra_engines=stage.extra_engines(),
+                                         universal=universal)["step"]
             if rank == 0:
-                print(f"resumed from {resume_from} at step {start_step}")
+                print(f"resumed from {resume_from} at step {start_step}" +
+                      (f" (saved on another number of ranks: universal checkpoint)" if universal else ""))
 
         monitor = Monitor(run_dir, plain_config, cfg.logging.wandb, run_name=cfg.run.name, enabled=rank == 0,
                           resume_step=start_step)
