@@ -97,6 +97,8 @@ def _demo(args) -> int:
     losses = summary["losses"]
     print("== 4/4 generation from the exported model", flush=True)
     samples = generate(Path(summary["export_dir"]), PROMPTS)
+    from patentgpt.eval.demo import demo_eval  # evaluation and contamination report of the demo models
+    evals = demo_eval({"pretrained": Path(summary["export_dir"])}, out / "eval")
     run_dir = Path(summary["run_dir"])
     report = {
         "tokenizer": str(tokenizer_dir),
@@ -114,6 +116,7 @@ def _demo(args) -> int:
         "loss_first_step": losses[0][1],
         "loss_last_step": losses[-1][1],
         "samples": samples,
+        "eval": evals,
         "seconds": round(time.time() - t0, 1),
     }
     atomic_write_json(out / "demo_report.json", report)
