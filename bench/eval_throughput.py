@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
 
     import logging

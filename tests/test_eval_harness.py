@@ -170,3 +170,40 @@ def test_run_eval_suite_returns_flat_metrics_and_restores_training_mode(tiny_exp
     assert model.training
     from_dir = run_eval_suite(str(tiny_export), None, ["ipquiz"], limit=4)
     assert from_dir == flat
+
+
+class Recording(PrefersA):
+    contexts: list[str] = []
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        self.contexts.extend(r.args[0] for r in requests)
+        return super().loglikelihood(requests, disable_tqdm)
+
+
+def test_csv_columns_few_shot_and_generation_modes(tmp_path):
+    """An MMLU-format CSV (no header; options in columns A-D) through a new task file only."""
+    rows = [("What is patented?", "an invention", "a song", "a logo", "a name", "A"),
+            ("Who examines US applications?", "WIPO", "the USPTO", "the EPO", "a court", "B"),
+            ("Which right covers a brand?", "a trademark", "a patent", "copyright", "a design", "A"),
+            ("What lasts 20 years from filing?", "a trademark", "copyright", "a US utility patent", "a secret", "C")]
+    import csv
+
+    with open(tmp_path / "law_test.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    task = tmp_path / "mini_mmlu.yaml"
+    task.write_text(
+        "name: mini_mmlu\ntype: multiple_choice\n"
+        f"data: {{path: '{tmp_path}/*_test.csv', csv_columns: [question, A, B, C, D, answer]}}\n"
+        "fields: {question: question, options: [A, B, C, D], answer: answer, language: null}\n"
+        "prompt: {en: \"{question}\\n{options}\\nAnswer:\"}\nnum_fewshot: 1\n")
+    lm = Recording()
+    res = evaluate(lm, [str(task)], tmp_path / "ll")
+    assert res["tasks"]["mini_mmlu"]["metrics"]["acc"] == pytest.approx(0.5)
+    # one solved example (another row, with its answer) precedes each question
+    first = [c for c in lm.contexts if c.rstrip().endswith("What is patented?\nA. an invention\nB. a song\n"
+                                                          "C. a logo\nD. a name\nAnswer:")]
+    assert first and all("Answer: " in c.split("What is patented?")[0] for c in first)
+    task.write_text(task.read_text().replace("num_fewshot: 1", "num_fewshot: 0\nmode: generate"))
+    res = evaluate(PrefersA(), [str(task)], tmp_path / "gen")
+    m = res["tasks"]["mini_mmlu"]["metrics"]
+    assert m["acc"] == pytest.approx(0.5) and m["exact_match"] == pytest.approx(0.5)

@@ -124,3 +124,23 @@ def test_config_errors_name_the_key(tmp_path):
 
     assert main(["eval", "--tasks", "ipquiz"]) == 2  # no model
     assert main(["eval", "--model", str(REPO), "--tasks", "ipquiz", "--limit", "0"]) == 2  # limit >= 1
+
+
+def test_data_pipeline_filter_excludes_documents_holding_eval_items(demo_corpus):
+    from patentgpt.data.pipeline.config import FiltersConfig
+    from patentgpt.data.pipeline.filters import DocFilter
+    from patentgpt.eval.decontam import item_text
+
+    docs = [json.loads(line) for line in (demo_corpus / "ip_law.jsonl").open()]
+    quiz = load_task("ipquiz").items
+    planted = docs[0]["text"][:400] + "\n" + item_text(quiz["zh"][2]) + "\n" + docs[0]["text"][400:]
+    flt = DocFilter(FiltersConfig.model_validate({"eval_exclusion": {"tasks": ["ipquiz", "patent_agent_exam"]}}))
+    decision = flt(planted, "en")
+    assert not decision.keep and decision.reason == "eval_contamination"
+    assert decision.detail["items"] == [f"ipquiz/{quiz['zh'][2]['id']}"]
+    kept = [flt(d["text"], d["lang"]) for d in docs]
+    assert all(d.reason != "eval_contamination" for d in kept)
+    assert DocFilter(FiltersConfig())(planted, "en").reason != "eval_contamination"  # off by default
+    with pytest.raises(Exception, match="eval_exclusion.ngram"):
+        from patentgpt.config.base import validate
+        validate(FiltersConfig, {"eval_exclusion": {"ngram": 0}})

@@ -25,7 +25,7 @@ class EvalConfig(Section):
     tasks: list[str] = Field(default_factory=list, description="task names under evals/ or task YAML paths")
     out: str = "runs/eval"
     limit: int | None = Field(None, ge=1, description="at most this many items per task and language")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     against: list[str] = Field(default_factory=list, description="training data for the contamination report")
     ngram: int = Field(13, ge=1)
     decontaminate: bool = False

@@ -180,3 +180,19 @@ def contamination(items: dict[str, list[dict]], sources: list[Path], n: int = 13
         report[name] = {"n_items": len(its), "contaminated": ids,
                         "share": len(ids) / len(its) if its else 0.0}
     return report
+
+
+def eval_exclusion_matcher(tasks: list[str], n: int = 13) -> TextMatcher:
+    """A matcher holding every item of the named eval tasks (the data pipeline's exclusion list);
+    keys are ``task/id``. A task whose data is absent is reported and has nothing to exclude."""
+    from patentgpt.eval.tasks import load_task
+
+    matcher = TextMatcher(n)
+    for name in tasks:
+        task = load_task(name)
+        if task.skipped:
+            print(f"eval exclusion: {name}: {task.skipped}; nothing to exclude from it", flush=True)
+        for its in task.items.values():
+            for it in its:
+                matcher.add(f"{name}/{it['id']}", item_text(it))
+    return matcher

@@ -30,7 +30,7 @@ def demo_eval(model_dirs: dict[str, Path], out: Path, limit: int = 100, against:
     summary = {}
     for name, model_dir in model_dirs.items():
         results = evaluate(Path(model_dir), DEMO_TASKS, out / name, limit=limit, contamination_sources=sources,
-                           decontaminate=True)
+                           decontaminate=True, batch_size=64)
         print(markdown_table(results, title=f"{name} ({model_dir})"), flush=True)
         summary[name] = {"results": str(out / name / "results.json"), "table": str(out / name / "results.md"),
                          "png": str(out / name / "results.png"), "metrics": flat_metrics(results),

@@ -27,7 +27,7 @@ def _make_lm(model, tokenizer, batch_size: int):
 
 
 def evaluate(model, tasks: list[str], out_dir: str | Path, *, tokenizer=None, limit: int | None = None,
-             batch_size: int = 16, contamination_sources: list[str | Path] = (), ngram: int = 13,
+             batch_size: int = 32, contamination_sources: list[str | Path] = (), ngram: int = 13,
              decontaminate: bool = False, judge: str | Path | None = None, write: bool = True) -> dict:
     """Evaluate ``model`` (an HF directory, a loaded model with ``tokenizer``, or any lm-eval ``LM``)
     on the named tasks; writes results.json, results.md, results.png and per-item outcomes."""

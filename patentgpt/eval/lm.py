@@ -20,26 +20,28 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-DEFAULT_BATCH = 16
+DEFAULT_BATCH = 32
 
 
 class PatentLM(HFLM):
     """``HFLM`` over a loaded model (or an HF directory) with context-shared scoring."""
 
     def __init__(self, model, tokenizer=None, batch_size: int = DEFAULT_BATCH, max_length: int | None = None,
-                 device: str = "cpu"):
+                 device: str | None = None):
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model)
+            model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(tokenizer, (str, Path)):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model.eval()
+        device = device or str(next(model.parameters()).device)  # an in-memory model stays where it is
+        model.eval().to(device)
         # transformers 5.x renamed the forward's past_key_values to cache
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
