@@ -195,7 +195,7 @@ def test_csv_columns_few_shot_and_generation_modes(tmp_path):
         "name: mini_mmlu\ntype: multiple_choice\n"
         f"data: {{path: '{tmp_path}/*_test.csv', csv_columns: [question, A, B, C, D, answer]}}\n"
         "fields: {question: question, options: [A, B, C, D], answer: answer, language: null}\n"
-        "prompt: {en: \"{question}\\n{options}\\nAnswer:\"}\nnum_fewshot: 1\n")
+        "prompt: {en: \"{question}\\n{options}\\nAnswer:\"}\nnum_fewshot: 1\nmetrics: [acc, exact_match]\n")
     lm = Recording()
     res = evaluate(lm, [str(task)], tmp_path / "ll")
     assert res["tasks"]["mini_mmlu"]["metrics"]["acc"] == pytest.approx(0.5)
@@ -207,3 +207,15 @@ def test_csv_columns_few_shot_and_generation_modes(tmp_path):
     res = evaluate(PrefersA(), [str(task)], tmp_path / "gen")
     m = res["tasks"]["mini_mmlu"]["metrics"]
     assert m["acc"] == pytest.approx(0.5) and m["exact_match"] == pytest.approx(0.5)
+
+
+def test_judge_position_bias_cancels(monkeypatch):
+    from patentgpt.eval.judge import PairwiseJudge
+
+    judge = PairwiseJudge.__new__(PairwiseJudge)
+    monkeypatch.setattr(judge, "prefers_first", lambda q, a, b, lang: True, raising=False)
+    assert judge.score("q", "cand", "ref") == 0.5  # always "answer 1": a tie whichever answer is better
+    monkeypatch.setattr(judge, "prefers_first", lambda q, a, b, lang: a == "cand", raising=False)
+    assert judge.score("q", "cand", "ref") == 1.0
+    monkeypatch.setattr(judge, "prefers_first", lambda q, a, b, lang: a == "ref", raising=False)
+    assert judge.score("q", "cand", "ref") == 0.0

@@ -144,3 +144,14 @@ def test_data_pipeline_filter_excludes_documents_holding_eval_items(demo_corpus)
     with pytest.raises(Exception, match="eval_exclusion.ngram"):
         from patentgpt.config.base import validate
         validate(FiltersConfig, {"eval_exclusion": {"ngram": 0}})
+
+
+def test_eval_during_training_section_schedules_and_names_unknown_tasks():
+    from patentgpt.config.base import validate
+    from patentgpt.eval.harness import EvalDuringTraining
+
+    sec = validate(EvalDuringTraining, {"tasks": ["ipquiz"], "every_steps": 50})
+    assert [s for s in range(1, 201) if sec.due(s)] == [50, 100, 150, 200]
+    assert sec.due(173, last=True) and not EvalDuringTraining().due(100, last=True)
+    with pytest.raises(ConfigError, match="tasks.*unknown task 'ipquizz'"):
+        validate(EvalDuringTraining, {"tasks": ["ipquizz"]}, source="stage")

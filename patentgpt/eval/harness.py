@@ -11,9 +11,12 @@ import logging
 import time
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from patentgpt.config import Section
 from patentgpt.eval.bridge import write_lm_eval_tasks
 from patentgpt.eval.scoring import item_outcome, summarize
-from patentgpt.eval.tasks import load_task
+from patentgpt.eval.tasks import load_task, resolve_task
 
 SEED = 1234
 
@@ -106,6 +109,28 @@ def flat_metrics(results: dict) -> dict[str, float]:
         for key, value in (entry.get("clean_metrics") or {}).items():
             flat[f"{name}/clean_{key}"] = float(value)
     return flat
+
+
+class EvalDuringTraining(Section):
+    """Stage option for the training core: run ``tasks`` every ``every_steps`` and at the end,
+    with :func:`run_eval_suite`, and log the flat scores beside the loss."""
+
+    tasks: list[str] = Field(default_factory=list, description="eval task names (evals/**/NAME.yaml)")
+    every_steps: int | None = Field(None, ge=1)
+    at_end: bool = True
+    limit: int | None = Field(100, ge=1, description="items per task and language (keeps the pause short)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            resolve_task(name)
+        return v
+
+    def due(self, step: int, last: bool = False) -> bool:
+        if not self.tasks:
+            return False
+        return (last and self.at_end) or (self.every_steps is not None and step > 0 and step % self.every_steps == 0)
 
 
 def run_eval_suite(model_dir_or_model, tokenizer=None, tasks: list[str] = (), limit: int | None = None,

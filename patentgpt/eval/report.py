@@ -50,16 +50,20 @@ def plot(results: dict, path: Path) -> None:
         names.append(name)
         values.append(m[key])
         labels.append(key)
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4.2))
     bars = ax.bar(range(len(names)), values, color="#4472c4")
-    for i, e in enumerate(results["tasks"][n] for n in names):
-        share = e["metrics"].get("contaminated_share")
+    for bar, name, value in zip(bars, names, values):
+        share = results["tasks"][name]["metrics"].get("contaminated_share")
+        note = f"{value:.2f}" + (f"\n{share:.0%} cont." if share else "")
         if share:
-            bars[i].set_hatch("//")
-    ax.set_xticks(range(len(names)), [f"{n}\n({lab})" for n, lab in zip(names, labels)], fontsize=7)
-    ax.set_ylim(0, 1)
+            bar.set_hatch("//")
+        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.02, note, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), [f"{n} ({lab})" for n, lab in zip(names, labels)], fontsize=7,
+                  rotation=30, ha="right")
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("score")
-    ax.set_title(f"{Path(str(results['model'])).name}: eval scores (hatched: contaminated items present)", fontsize=9)
+    model = "/".join(Path(str(results["model"])).parts[-2:])
+    ax.set_title(f"{model}: eval scores (hatched: some items found in training data)", fontsize=9)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)

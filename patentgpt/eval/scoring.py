@@ -123,7 +123,7 @@ def summarize(spec: TaskSpec, outcomes: list[dict]) -> dict[str, float]:
         metrics["rouge_l"], metrics["chrf"] = mean("rouge_l"), mean("chrf")
         if all("judge" in o for o in outcomes):
             metrics["judge_win_rate"] = mean("judge")
-        return metrics
+        return _listed(spec, metrics)
     metrics["acc"] = mean("correct")
     if "correct_norm" in outcomes[0]:
         metrics["acc_norm"] = mean("correct_norm")
@@ -135,4 +135,10 @@ def summarize(spec: TaskSpec, outcomes: list[dict]) -> dict[str, float]:
         credits = [o["partial"] if spec.exam.partial_credit else o["correct"] for o in outcomes]
         metrics["exam_score"] = exam_score(credits, [o["points"] for o in outcomes])
         metrics["exam_pass"] = float(metrics["exam_score"] >= spec.exam.pass_mark)
-    return metrics
+    return _listed(spec, metrics)
+
+
+def _listed(spec: TaskSpec, metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics the task file lists (plus n, and exam_pass beside exam_score)."""
+    keep = {"n", *spec.metrics, *(["exam_pass"] if "exam_score" in spec.metrics else [])}
+    return {k: v for k, v in metrics.items() if k in keep}
