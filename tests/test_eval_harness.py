@@ -219,3 +219,24 @@ def test_judge_position_bias_cancels(monkeypatch):
     assert judge.score("q", "cand", "ref") == 1.0
     monkeypatch.setattr(judge, "prefers_first", lambda q, a, b, lang: a == "ref", raising=False)
     assert judge.score("q", "cand", "ref") == 0.0
+
+
+@pytest.mark.parametrize("max_length", [None, 24])  # 24: contexts truncated from the left (HFLM's rule)
+def test_patentlm_log_likelihoods_match_lm_eval_hf_adapter(tiny_export, max_length):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from patentgpt.eval.lm import PatentLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_export)
+    tok = AutoTokenizer.from_pretrained(tiny_export)
+    tok.pad_token = tok.eos_token
+    quiz = load_task("ipquiz").items
+    reqs = [Instance("loglikelihood", {}, (f"Question: {it['question']}\nAnswer:", " " + opt[:12]), i)
+            for it in quiz["en"][:3] + quiz["zh"][:3] for i, opt in enumerate(it["options"])]
+    ours = PatentLM(model, tok, batch_size=4, max_length=max_length).loglikelihood(reqs, disable_tqdm=True)
+    stock = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=max_length).loglikelihood(
+        reqs, disable_tqdm=True)
+    assert [g for _, g in ours] == [g for _, g in stock]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ours, stock)) < 1e-4
