@@ -29,6 +29,9 @@ def test_demo_runs_end_to_end(tmp_path):
     tok = AutoTokenizer.from_pretrained(report["export"])
     assert model.config.vocab_size >= len(tok)
     assert all(s.startswith("<s> <|title|>") and len(s) > 20 for s in report["samples"])
+    evals = report["eval"]["pretrained"]  # every task with data ran on the export, with a contamination report
+    assert {"ipquiz_en/acc", "patent_agent_exam_zh/exam_score", "patentmatch_zh/acc", "ipqa_en/rouge_l",
+            "ipquiz_en/contaminated_share", "ipquiz_en/clean_acc"} <= set(evals["metrics"])
     for path in (report["metrics"], report["loss_curve"], report["config"], report["data"]["mixture"],
-                 report["data"]["sft_examples"], report["data"]["report"]):
+                 report["data"]["sft_examples"], report["data"]["report"], evals["results"], evals["png"]):
         assert Path(path).is_file(), path

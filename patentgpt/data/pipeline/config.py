@@ -197,9 +197,17 @@ class BoilerplateFilter(Section):
         return v
 
 
+class EvalExclusion(Section):
+    tasks: list[str] = Field(default_factory=list, description="eval task names (evals/**/NAME.yaml): a document "
+                             "sharing an n-gram with one of their items is removed as eval_contamination")
+    ngram: int = Field(13, ge=1, description="words (each Chinese character one) per n-gram")
+
+
 class FiltersConfig(Section):
     """Quality filters, applied in this order; the first that fails names the removal reason
     (``too_short``/``too_long`` for length, otherwise the filter's name)."""
+
+    eval_exclusion: EvalExclusion = Field(default_factory=EvalExclusion)
 
     length: LengthFilter = Field(default_factory=LengthFilter)
     boilerplate: BoilerplateFilter = Field(default_factory=BoilerplateFilter)

@@ -26,7 +26,7 @@ import numpy as np
 from patentgpt.data.pipeline.config import FiltersConfig
 from patentgpt.data.lang import EN_FUNCTION_WORDS
 
-FILTER_ORDER = ("length", "boilerplate", "garbled_ocr", "symbol_ratio", "digit_ratio", "repeated_lines",
+FILTER_ORDER = ("eval_exclusion", "length", "boilerplate", "garbled_ocr", "symbol_ratio", "digit_ratio", "repeated_lines",
                 "repeated_ngrams", "mean_word_length")
 
 _MARKER = re.compile(r"<\|\w+\|>")
@@ -190,6 +190,11 @@ class DocFilter:
         bp = cfg.boilerplate
         self.phrases = list(bp.phrases)
         self.patterns = [re.compile(p, re.M) for p in bp.patterns]
+        self.eval_items = None
+        if cfg.eval_exclusion.tasks:
+            from patentgpt.eval.decontam import eval_exclusion_matcher
+
+            self.eval_items = eval_exclusion_matcher(cfg.eval_exclusion.tasks, cfg.eval_exclusion.ngram)
 
     def _boilerplate(self, text: str) -> bool:
         low = text.lower()
@@ -197,6 +202,8 @@ class DocFilter:
 
     def __call__(self, text: str, lang: str) -> Decision:
         c = self.cfg
+        if self.eval_items is not None and (hit := self.eval_items.scan(text)):
+            return Decision(False, "eval_contamination", {"items": sorted(hit)[:5]})
         n_chars = nonspace_count(text)
         if c.length.enabled:
             if n_chars < c.length.min_chars:
