@@ -112,12 +112,15 @@ def run_trl(work: Path, name: str, model_dir: Path, dataset, tok, args, packing:
     return {"targets": sum(targets[w:]), "seconds": sum(times[w:]), "rows_tokens": sum(tokens[w:])}
 
 
-def masking_check(model_dir: Path, tok, convs: list) -> dict:
-    """Loss of one batch: our labels (tokenize_chat) vs TRL's collator with assistant_only_loss."""
+def masking_check(model_dir: Path, tok, convs: list, work: Path) -> dict:
+    """Loss of one batch: our labels (tokenize_chat) vs TRL's own preprocessing and collator with
+    ``assistant_only_loss=True`` (the batch its trainer would build)."""
     import numpy as np
     import torch
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
 
     from patentgpt.data.chat_loader import tokenize_chat
 
@@ -126,23 +129,19 @@ def masking_check(model_dir: Path, tok, convs: list) -> dict:
     pad = tok.eos_token_id
     rows = [tokenize_chat(tok, c)[:2] for c in batch]
     n = max(len(r[0]) for r in rows)
-    ids = np.full((len(rows), n), pad)
-    labels = np.full((len(rows), n), -100)
-    mask = np.zeros((len(rows), n))
+    ids, labels, mask = np.full((4, n), pad), np.full((4, n), -100), np.zeros((4, n), dtype=np.int64)
     for i, (x, y) in enumerate(rows):
         ids[i, : len(x)], labels[i, : len(x)], mask[i, : len(x)] = x, y, 1
     with torch.no_grad():
         ours = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels)).loss
-    examples = []
-    for c in batch:
-        enc = tok.apply_chat_template(c, chat_template=TRL_TEMPLATE, tokenize=True, return_dict=True,
-                                      return_assistant_tokens_mask=True)
-        examples.append({"input_ids": enc["input_ids"], "assistant_masks": enc["assistant_masks"]})
-    collated = DataCollatorForLanguageModeling(pad_token_id=pad, completion_only_loss=False)(examples)
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_list([{"messages": c} for c in batch]),
+                         args=TRLConfig(output_dir=str(work / "mask"), assistant_only_loss=True, report_to=[],
+                                        use_cpu=True, max_length=None, dataset_num_proc=1))
+    processed = [trainer.train_dataset[i] for i in range(len(batch))]
+    collated = trainer.data_collator(processed)
     with torch.no_grad():
-        theirs = model(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"],
-                       labels=collated["labels"]).loss
-    same_ids = all(list(e["input_ids"]) == list(r[0]) for e, r in zip(examples, rows))
+        theirs = model(**{k: v for k, v in collated.items() if k in ("input_ids", "attention_mask", "labels")}).loss
+    same_ids = all(list(p["input_ids"]) == list(r[0]) for p, r in zip(processed, rows))
     return {"our_loss": float(ours), "trl_loss": float(theirs), "abs_diff": abs(float(ours) - float(theirs)),
             "same_token_ids": same_ids}
 
@@ -154,6 +153,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--check-only", action="store_true", help="only the masking check (seconds)")
     args = ap.parse_args()
     import torch
     from datasets import Dataset
@@ -177,6 +177,9 @@ def main() -> None:
     trl_tok.pad_token = trl_tok.eos_token
     dataset = Dataset.from_list([{"messages": c} for c in convs])
 
+    if args.check_only:
+        print(json.dumps({"masking_check": masking_check(model_dir, trl_tok, convs, work)}, indent=2))
+        return
     variants = {"ours": lambda n: run_ours(work, n, model_dir, chat_file, args),
                 "trl_padded": lambda n: run_trl(work, n, model_dir, dataset, trl_tok, args, packing=False),
                 "trl_packed": lambda n: run_trl(work, n, model_dir, dataset, trl_tok, args, packing=True)}
@@ -201,7 +204,7 @@ def main() -> None:
         ratios = [tps(a) / tps(b) for a, b in zip(results["ours"], results[base])]
         out[f"ratio_vs_{base}"] = {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
                                    "max": round(max(ratios), 3)}
-    out["masking_check"] = masking_check(model_dir, trl_tok, convs)
+    out["masking_check"] = masking_check(model_dir, trl_tok, convs, work)
     print(json.dumps(out, indent=2))
 
 
