@@ -29,7 +29,7 @@ def make_config(tmp_path, shards, tok, arch="llama", extra=()):
         "data.seq_len=64",
         f"run.output_dir={tmp_path}",
         "train.micro_batch_size=4", "train.global_batch_size=8",
-        "optim.warmup_steps=5", "logging.every_steps=1", "logging.wandb.mode=disabled",
+        "optim.warmup_steps=5", "logging.every_steps=1", "logging.wandb.mode=disabled", "eval.holdout=0",
         *extra,
     ]
     return load_config(PretrainConfig, config, overrides)
@@ -189,3 +189,23 @@ def test_loss_falls_on_shared_english_patents(tmp_path, shared_data, ip_tokenize
                        "checkpoint.every_steps=100"])
     losses = [l for _, l in run_stage("pretrain", cfg)["losses"]]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
+
+
+def test_held_out_split_reports_loss_per_source_and_language(tmp_path, demo_shards, ip_tokenizer_dir):
+    """eval.holdout keeps a seeded share of every source out of training and reports its loss and
+    perplexity per source, per language and overall, at step 0, every N steps and at the end."""
+    from patentgpt.train.stages import run_stage
+
+    cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama",
+                      ["train.max_steps=30", "run.name=heldout", "eval.holdout=0.1", "eval.every_steps=15",
+                       "checkpoint.export_at_end=false", "checkpoint.every_steps=100"])
+    summary = run_stage("pretrain", cfg)
+    evals = dict(summary["evals"])
+    assert sorted(evals) == [0, 15, 30]
+    assert evals[30]["val/loss"] < evals[0]["val/loss"] - 1.0
+    # the patents source holds English and Chinese documents; ip_law is one group
+    assert {"val/patents_en/loss", "val/patents_zh/loss", "val/ip_law/loss", "val/lang_en/ppl",
+            "val/lang_zh/ppl"} <= set(evals[30]), sorted(evals[30])
+    rows = metrics(tmp_path / "heldout")
+    assert [r["step"] for r in rows if "val/loss" in r] == [0, 15, 30]
+    assert (tmp_path / "heldout" / "loss.png").is_file()
