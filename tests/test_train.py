@@ -203,9 +203,9 @@ def test_held_out_split_reports_loss_per_source_and_language(tmp_path, demo_shar
     evals = dict(summary["evals"])
     assert sorted(evals) == [0, 15, 30]
     assert evals[30]["val/loss"] < evals[0]["val/loss"] - 1.0
-    # the patents source holds English and Chinese documents; ip_law is one group
-    assert {"val/patents_en/loss", "val/patents_zh/loss", "val/ip_law/loss", "val/lang_en/ppl",
-            "val/lang_zh/ppl"} <= set(evals[30]), sorted(evals[30])
+    # both sources hold English and Chinese documents: one group per source and language
+    assert {"val/patents_en/loss", "val/patents_zh/loss", "val/ip_law_en/loss", "val/ip_law_zh/loss",
+            "val/lang_en/ppl", "val/lang_zh/ppl"} <= set(evals[30]), sorted(evals[30])
     rows = metrics(tmp_path / "heldout")
     assert [r["step"] for r in rows if "val/loss" in r] == [0, 15, 30]
     assert (tmp_path / "heldout" / "loss.png").is_file()
