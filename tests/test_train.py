@@ -198,7 +198,8 @@ def test_held_out_split_reports_loss_per_source_and_language(tmp_path, demo_shar
 
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama",
                       ["train.max_steps=30", "run.name=heldout", "eval.holdout=0.1", "eval.every_steps=15",
-                       "checkpoint.export_at_end=false", "checkpoint.every_steps=100"])
+                       "checkpoint.export_at_end=false", "checkpoint.every_steps=100",
+                       "eval.suite.tasks=[ipquiz]", "eval.suite.limit=4", "eval.suite.every_steps=15"])
     summary = run_stage("pretrain", cfg)
     evals = dict(summary["evals"])
     assert sorted(evals) == [0, 15, 30]
@@ -209,3 +210,6 @@ def test_held_out_split_reports_loss_per_source_and_language(tmp_path, demo_shar
     rows = metrics(tmp_path / "heldout")
     assert [r["step"] for r in rows if "val/loss" in r] == [0, 15, 30]
     assert (tmp_path / "heldout" / "loss.png").is_file()
+    # benchmark tasks run on the training model during training (eval.suite)
+    bench = [r for r in rows if any(k.startswith("bench/ipquiz") for k in r)]
+    assert [r["step"] for r in bench] == [15, 30], bench

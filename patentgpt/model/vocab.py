@@ -75,9 +75,9 @@ def has_tokenizer(model_dir: str | Path) -> bool:
 
 
 def tokenizer_info(path: str | Path):
-    """:class:`~patentgpt.data.shards.TokenizerInfo` (size and pieces' fingerprint) of an HF
+    """:class:`~patentgpt.tokenizer.info.TokenizerInfo` (size and pieces' fingerprint) of an HF
     tokenizer directory or a SentencePiece ``.model`` file."""
-    from patentgpt.data.shards import TokenizerInfo
+    from patentgpt.tokenizer.info import TokenizerInfo
 
     path = Path(path)
     if path.is_file():

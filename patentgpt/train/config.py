@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from patentgpt.config import ConfigError, Section
+from patentgpt.eval.harness import EvalDuringTraining
 from patentgpt.model.config import ModelSection
 
 
@@ -131,6 +132,8 @@ class EvalSection(Section):
                            "out of training for validation (at least one when > 0)")
     max_batches: int = Field(8, ge=1, description="validation micro-batches per source")
     at_start: bool = Field(True, description="also evaluate before the first step (step 0)")
+    suite: "EvalDuringTraining" = Field(default_factory=lambda: EvalDuringTraining(),
+                                        description="IP benchmark tasks (evals/) run during training")
 
 
 class TrainConfigBase(Section):

@@ -83,6 +83,8 @@ class CausalLMStage(Stage):
     """A stage that trains a causal LM on batches of ``input_ids``, ``labels`` (-100 = not counted)
     and optionally ``position_ids`` (restarting per packed document)."""
 
+    causal_lm = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self._fractions = None  # this step's expert load, summed over micro-batches

@@ -44,6 +44,7 @@ class Stage:
     """Base class of training stages; the defaults fit a causal language model."""
 
     name = "stage"
+    causal_lm = False  # whether benchmark tasks (eval.suite) can run on the model
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patentgpt.config import save_config
+from patentgpt.config import ConfigError, save_config
 from patentgpt.train.config import TrainConfigBase, resolve_batch
 from patentgpt.train.stage import RunContext, Stage
 
@@ -99,6 +99,8 @@ class Trainer:
         ctx = RunContext(cfg=cfg, rank=rank, world=world, micro=micro, accum=accum, global_batch=global_batch,
                          run_dir=run_dir, dtype=DTYPES[cfg.train.precision])
 
+        if cfg.eval.suite.tasks and not stage.causal_lm:
+            raise ConfigError(f"eval.suite.tasks: the {stage.name} stage trains no causal LM to run benchmarks on")
         stage.setup(ctx)  # cheap checks (tokenizer, data, vocab) before any heavy start-up
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,17 @@ class Trainer:
             if metrics:
                 monitor.log({"step": step, **metrics})
             return metrics
+
+        def evaluate_suite(step: int) -> None:
+            """The IP benchmark tasks of ``eval.suite`` on the training model (rank 0; every rank
+            under ZeRO-3, whose forwards are collective)."""
+            from patentgpt.eval.harness import run_eval_suite
+
+            if rank == 0 or cfg.deepspeed.zero_stage == 3:
+                suite = cfg.eval.suite
+                scores = run_eval_suite(engine.module, ctx.tokenizer, suite.tasks, limit=suite.limit)
+                monitor.log({"step": step, **{f"bench/{k}": v for k, v in scores.items()}})
+            barrier()
 
         evals: list[tuple[int, dict]] = []
         if start_step == 0 and cfg.eval.holdout > 0 and cfg.eval.at_start:
@@ -226,6 +239,8 @@ class Trainer:
                 interval_tokens, interval_time = 0, 0.0
             if self._eval_due(done):
                 evals.append((done, evaluate(done)))
+            if cfg.eval.suite.due(done, last=done == cfg.train.max_steps):
+                evaluate_suite(done)
             if done == cfg.train.stop_at_step:
                 break
             if done % cfg.checkpoint.every_steps == 0 and done != cfg.train.max_steps:
