@@ -22,6 +22,18 @@ class RunSection(Section):
     seed: int = 1234
 
 
+def unique_source_names(sources) -> None:
+    names = [s.name for s in sources]
+    if len(names) != len(set(names)):
+        raise ValueError(f"data.sources: duplicate source names {names}")
+
+
+def require_tokenizer(cfg) -> None:
+    """SFT and RM read the tokenizer of ``model.init_from`` unless ``data.tokenizer`` names one."""
+    if not cfg.model.init_from and not cfg.data.tokenizer:
+        raise ValueError("data.tokenizer: required when model.init_from is not set")
+
+
 class SourceSpec(Section):
     name: str
     path: str
@@ -64,9 +76,7 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _unique(self):
-        names = [s.name for s in self.sources]
-        if len(names) != len(set(names)):
-            raise ValueError(f"data.sources: duplicate source names {names}")
+        unique_source_names(self.sources)
         return self
 
 
@@ -186,9 +196,7 @@ class SFTDataSection(Section):
 
     @model_validator(mode="after")
     def _unique(self):
-        names = [s.name for s in self.sources]
-        if len(names) != len(set(names)):
-            raise ValueError(f"data.sources: duplicate source names {names}")
+        unique_source_names(self.sources)
         return self
 
 
@@ -200,8 +208,7 @@ class SFTConfig(TrainConfigBase):
         if self.data.seq_len > self.model.max_position_embeddings and not self.model.init_from:
             raise ValueError(f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
                              f"{self.model.max_position_embeddings}")
-        if not self.model.init_from and not self.data.tokenizer:
-            raise ValueError("data.tokenizer: required when model.init_from is not set")
+        require_tokenizer(self)
         return self
 
 
@@ -219,9 +226,7 @@ class PairDataSection(Section):
 
     @model_validator(mode="after")
     def _unique(self):
-        names = [s.name for s in self.sources]
-        if len(names) != len(set(names)):
-            raise ValueError(f"data.sources: duplicate source names {names}")
+        unique_source_names(self.sources)
         return self
 
 
@@ -230,8 +235,7 @@ class RewardConfig(TrainConfigBase):
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.model.init_from and not self.data.tokenizer:
-            raise ValueError("data.tokenizer: required when model.init_from is not set")
+        require_tokenizer(self)
         return self
 
 

@@ -11,6 +11,7 @@ from patentgpt.data.loader import MixtureLoader, holdout_split, pack_documents
 from patentgpt.data.shards import ShardError, ShardSet, TokenizerInfo
 from patentgpt.train.config import PretrainConfig
 from patentgpt.train.lm import CausalLMStage
+from patentgpt.train.stages.records import group_name
 
 
 class PretrainStage(CausalLMStage):
@@ -46,7 +47,7 @@ class PretrainStage(CausalLMStage):
         for lang, docs in sorted(by_lang.items(), key=lambda kv: str(kv[0])):
             ids, labels = pack_documents(docs, self.cfg.data.seq_len, ctx.micro * self.cfg.eval.max_batches,
                                          eos_id=self.tok_info.eos_id, bos_id=bos)
-            group = f"{name}_{lang}" if lang and len(by_lang) > 1 else name
+            group = group_name(name, lang, len(by_lang))
             self.eval_groups[group] = [
                 {"input_ids": torch.from_numpy(ids[i:i + ctx.micro]), "labels": torch.from_numpy(labels[i:i + ctx.micro])}
                 for i in range(0, len(ids), ctx.micro)]

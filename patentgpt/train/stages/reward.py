@@ -10,21 +10,16 @@ and per language.
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from patentgpt.data.chat import record_lang, to_pair
 from patentgpt.data.chat_loader import WeightedStream, rank_slices, render_chat
-from patentgpt.data.jsonl import read_json_records
-from patentgpt.data.loader import holdout_split
 from patentgpt.errors import DataError
 from patentgpt.train.config import RewardConfig
 from patentgpt.train.stage import Stage
-from patentgpt.train.stages.sft import data_report_line, write_rejects
+from patentgpt.train.stages.records import group_name, read_sources, report_line, write_rejects
 
 
 def pad_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> torch.Tensor:
@@ -77,27 +72,14 @@ class RewardStage(Stage):
         text = render_chat(self.tokenizer, [*prompt, {"role": "assistant", "content": reply}])
         return np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
-    def _read_source(self, spec, rejects: list[dict]):
-        path = Path(spec.path)
-        if not path.is_file():
-            raise DataError(f"data.sources[{spec.name}].path: {path} not found")
-        kept, reasons, read = [], Counter(), 0
-        for line, record, reason in read_json_records(path):
-            read += 1
-            pair = None
-            if reason is None:
-                pair, reason = to_pair(record)
-            if reason is None:
-                prompt, chosen, rejected = pair
-                c, r = self._encode(prompt, chosen), self._encode(prompt, rejected)
-                if max(len(c), len(r)) > self.cfg.data.max_len:
-                    reason = "longer_than_max_len"
-            if reason is not None:
-                reasons[reason] += 1
-                rejects.append({"source": spec.name, "file": str(path), "line": line, "reason": reason})
-                continue
-            kept.append((c, r, record_lang(record, prompt)))
-        return kept, read, reasons
+    def _convert(self, record: dict, spec):
+        pair, reason = to_pair(record)
+        if reason is None:
+            prompt, chosen, rejected = pair
+            c, r = self._encode(prompt, chosen), self._encode(prompt, rejected)
+            if max(len(c), len(r)) > self.cfg.data.max_len:
+                reason = "longer_than_max_len"
+        return (None, None, reason) if reason else ((c, r), record_lang(record, prompt), None)
 
     def setup(self, ctx):
         from transformers import AutoTokenizer
@@ -110,30 +92,23 @@ class RewardStage(Stage):
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if self.pad_id is None:
             raise DataError("the tokenizer has neither a pad nor an EOS token to pad pairs with")
-        rejects: list[dict] = []
+        splits, rejects = read_sources(cfg.data.sources, self._convert, holdout=cfg.eval.holdout, seed=cfg.run.seed,
+                                       what="preference pair")
         lengths = []
-        for i, spec in enumerate(cfg.data.sources):
-            kept, read, reasons = self._read_source(spec, rejects)
-            self.data_report[spec.name] = {"read": read, "kept": len(kept), "set_aside": dict(reasons.most_common())}
-            if not kept:
-                raise DataError(f"data.sources[{spec.name}]: no usable preference pair in {spec.path} "
-                                f"(set aside: {dict(reasons.most_common(5))})")
-            train_ids, held_ids = holdout_split(len(kept), cfg.eval.holdout, cfg.run.seed, i)
-            self.train_sources.append((spec.name, [kept[j][:2] for j in train_ids], spec.weight))
-            lengths += [len(kept[j][0]) + len(kept[j][1]) for j in train_ids]
-            by_lang: dict = {}
-            for j in held_ids:
-                by_lang.setdefault(kept[j][2], []).append(kept[j][:2])
-            for lang, pairs in sorted(by_lang.items(), key=lambda kv: str(kv[0])):
+        for spec, split in zip(cfg.data.sources, splits):
+            self.data_report[spec.name] = split.report
+            self.train_sources.append((spec.name, split.train, spec.weight))
+            lengths += [len(c) + len(r) for c, r in split.train]
+            for lang, pairs in split.held_by_lang.items():
                 pairs = pairs[: ctx.micro * cfg.eval.max_batches]
-                group = f"{spec.name}_{lang}" if lang and len(by_lang) > 1 else spec.name
+                group = group_name(spec.name, lang, len(split.held_by_lang))
                 self.eval_groups[group] = [{"input_ids": pad_pairs(pairs[k:k + ctx.micro], self.pad_id)}
                                            for k in range(0, len(pairs), ctx.micro)]
                 self.eval_langs[group] = lang
         self.mean_pair_tokens = float(np.mean(lengths))
         if ctx.rank == 0:
             write_rejects(ctx.run_dir / "rejects.jsonl", rejects)
-            print(f"rm data: {data_report_line(self.data_report)}")
+            print(f"rm data: {report_line(self.data_report)}")
 
     def build_model(self, ctx):
         from transformers import AutoModelForSequenceClassification
