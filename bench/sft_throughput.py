@@ -198,7 +198,7 @@ def main() -> None:
            "steps_per_run": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
            "useful_tokens_per_sec": {k: [round(tps(r), 1) for r in v] for k, v in results.items()},
-           "padding_or_empty_fraction": {k: round(1 - sum(r["targets"] for r in v) / sum(r["rows_tokens"] for r in v), 3)
+           "non_target_fraction": {k: round(1 - sum(r["targets"] for r in v) / sum(r["rows_tokens"] for r in v), 3)
                                          for k, v in results.items()}}
     for base in ("trl_padded", "trl_packed"):
         ratios = [tps(a) / tps(b) for a, b in zip(results["ours"], results[base])]
