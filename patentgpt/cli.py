@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "patentgpt.tokenizer.cli",
     "patentgpt.model.cli",
     "patentgpt.ablate",
+    "patentgpt.embed.cli",
 )
 
 

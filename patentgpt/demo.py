@@ -116,6 +116,8 @@ def _demo(args) -> int:
         "samples": samples,
         "seconds": round(time.time() - t0, 1),
     }
+    from patentgpt.embed.demo import demo_embed
+    report["embeddings"] = demo_embed({"demo-decoder": Path(summary["export_dir"])}, out / "embed")
     atomic_write_json(out / "demo_report.json", report)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"demo finished in {report['seconds']} s; report: {out / 'demo_report.json'}")
