@@ -29,6 +29,7 @@ def test_demo_runs_end_to_end(tmp_path):
     tok = AutoTokenizer.from_pretrained(report["export"])
     assert model.config.vocab_size >= len(tok)
     assert all(s.startswith("<s> <|title|>") and len(s) > 20 for s in report["samples"])
+    assert set(report["embeddings"]["models"]) == {"all-MiniLM-L6-v2", "demo-decoder"}
     for path in (report["metrics"], report["loss_curve"], report["config"], report["data"]["mixture"],
                  report["data"]["sft_examples"], report["data"]["report"]):
         assert Path(path).is_file(), path

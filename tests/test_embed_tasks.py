@@ -44,7 +44,8 @@ def test_fusion_bm25_interpolation_and_rrf():
 
 
 def test_minilm_beats_random_vectors_on_demo_tasks(tmp_path):
-    tasks = [load_task(p) for p in find_tasks(["demo_retrieval", "demo_classification"])]
+    tasks = [load_task(find_tasks(["demo_retrieval"])[0]),
+             load_task(find_tasks(["demo_classification"])[0])]
     from patentgpt.embed.extract import Embedder
 
     minilm = Embedder()
@@ -59,7 +60,7 @@ def test_minilm_beats_random_vectors_on_demo_tasks(tmp_path):
 
 
 def test_evaluate_writes_json_markdown_png(tmp_path):
-    tasks = [load_task(p, ["bm25=false"]) for p in find_tasks(["demo_clustering"])]
+    tasks = [load_task(p, ["view=title"]) for p in find_tasks(["demo_clustering"])]
     summary = evaluate({"minilm": {}}, tasks, tmp_path, log=lambda *_: None)
     res = summary["demo_clustering"]["minilm"]
     assert res["status"] == "ok" and 0 < res["metrics"]["v_measure"] < 1 and res["metrics"]["records"] == 148
