@@ -4,7 +4,6 @@ similarity. Each run returns a result dict; :mod:`patentgpt.embed.report` writes
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -157,7 +156,3 @@ def run_task(cfg: TaskConfig, embedder, *, batch_size: int = 32, dim: int | None
     result = RUNNERS[cfg.kind](cfg, embedder, {"batch_size": batch_size, "dim": dim})
     return base | {"status": "ok", "seconds": round(time.time() - t0, 2)} | result
 
-
-def model_label(model_dir: str | Path) -> str:
-    p = Path(model_dir)
-    return p.name if p.name != "model" else p.parent.name

@@ -7,9 +7,7 @@ markers of the IP tokenizer (useful for our decoders, noise for other encoders).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterator
 
 from patentgpt.config import ConfigError
 from patentgpt.data.render import SECTION_MARKERS, PatentTemplate, render_record
@@ -76,13 +74,3 @@ def read_view_texts(path: str | Path, view: str, *, markers: bool = False, id_fi
         texts.append(text)
     return ids, texts, rejects
 
-
-def iter_records(path: str | Path) -> Iterator[dict]:
-    """Records of a JSONL file; a malformed line is an error naming the file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{lineno}: malformed JSON: {exc}") from None
