@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "patentgpt.model.cli",
     "patentgpt.ablate",
     "patentgpt.eval.cli",
+    "patentgpt.embed.cli",
 )
 
 

