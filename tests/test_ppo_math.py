@@ -43,8 +43,8 @@ def test_gae_and_returns_equal_direct_reference(gamma, lam):
     for b in range(rewards.shape[0]):
         L = int(lengths[b])
         ref = direct_gae(rewards[b].tolist(), values[b].tolist(), L, gamma, lam)
-        assert torch.allclose(adv[b, :L].double(), torch.tensor(ref), atol=1e-6), (b, gamma, lam)
-        assert torch.allclose(ret[b, :L].double(), torch.tensor(ref) + values[b, :L], atol=1e-6)
+        assert torch.allclose(adv[b, :L].double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6), (b, gamma, lam)
+        assert torch.allclose(ret[b, :L].double(), torch.tensor(ref, dtype=torch.float64) + values[b, :L], atol=1e-6)
         assert (adv[b, L:] == 0).all() and (ret[b, L:] == 0).all()
 
 
