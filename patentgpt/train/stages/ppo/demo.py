@@ -27,8 +27,10 @@ def run_ppo_demo(out: Path, sft_export: str, rm_export: str, synth_file: Path, o
     return {
         "run_dir": summary["run_dir"], "export": summary.get("export_dir"), "critic_export": summary.get("export_critic_dir"),
         "iterations": rows[-1]["iteration"] if rows else 0,
-        "reward": {"before": rows[0]["reward_mean"], "after": rows[-1]["reward_mean"]} if rows else None,
-        "rm_score": {"before": rows[0].get("rm_score_mean"), "after": rows[-1].get("rm_score_mean")} if rows else None,
+        # the reward model's raw score (the PPO reward normalises it with running moments)
+        "reward": {"before": rows[0].get("rm_score_mean", rows[0]["reward_mean"]),
+                   "after": rows[-1].get("rm_score_mean", rows[-1]["reward_mean"])} if rows else None,
+        "normalized_reward": {"before": rows[0]["reward_mean"], "after": rows[-1]["reward_mean"]} if rows else None,
         "val_reward": {"before": evals[0]["val/reward"], "after": evals[-1]["val/reward"]} if evals else None,
         "kl_final": rows[-1]["kl"] if rows else None,
         "kl_val_final": evals[-1]["val/kl"] if evals else None,
@@ -40,5 +42,6 @@ def run_ppo_demo(out: Path, sft_export: str, rm_export: str, synth_file: Path, o
 def evidence_line(ppo: dict) -> str:
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     r, v = ppo.get("reward") or {}, ppo.get("val_reward") or {}
-    return (f"PPO reward (rollouts) {f(r.get('before'))} -> {f(r.get('after'))} in {ppo.get('iterations')} iterations"
-            f"; held-out {f(v.get('before'))} -> {f(v.get('after'))}; final KL {f(ppo.get('kl_final'))}")
+    held = f"; held-out {f(v.get('before'))} -> {f(v.get('after'))}" if v else ""
+    return (f"PPO reward-model score {f(r.get('before'))} -> {f(r.get('after'))} over {ppo.get('iterations')} "
+            f"iterations{held}; final KL to the SFT model {f(ppo.get('kl_final'))} nats per response")
