@@ -486,7 +486,8 @@ class PPOStage(CausalLMStage):
         return ctx.global_batch * self.sequence_length()
 
     def probe(self):
-        return {"input_ids": self._probe_ids}
+        ids = getattr(self, "_probe_ids", None)  # none when a finished run is relaunched
+        return {"input_ids": ids if ids is not None else torch.tensor([self.train_sources[0][1][0][0]])}
 
     def plots(self, run_dir: Path) -> list[Path]:
         from patentgpt.train.monitor import read_metrics
