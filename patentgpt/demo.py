@@ -4,7 +4,8 @@ IP tokenizer (configs/tokenizer/demo.yaml) -> corpus pipeline: clean, filter, de
 instructions, tokenize into stage mixtures (configs/data/demo.yaml) -> stage-1 pretraining of a
 tiny dense LLaMA (configs/pretrain/demo_dense.yaml) -> export -> generation from the export ->
 SFT on the synthesized instructions (configs/sft/demo.yaml) -> a reward model on synthetic
-preference pairs made from them (configs/rm/demo.yaml). Every training stage runs on the same
+preference pairs made from them (configs/rm/demo.yaml) -> PPO of the SFT model against that
+reward model (configs/ppo/demo.yaml). Every training stage runs on the same
 core (patentgpt/train/trainer.py).
 """
 
@@ -110,7 +111,12 @@ def align(out: Path, export: Path, synth_file: Path, overrides: list[str]) -> di
     rm_cfg = load_config(RewardConfig, RM_CONFIG, [f"model.init_from={sft['export_dir']}", *common,
                                                    f"data.sources=[{{name: ip_prefs, path: {prefs['out']}}}]"])
     rm = run_stage("rm", rm_cfg)
+    from patentgpt.train.stages.ppo.demo import run_ppo_demo
+
+    ppo = run_ppo_demo(out, sft["export_dir"], rm["export_dir"], synth_file,
+                       [o for o in overrides if o.startswith("logging.")])
     return {
+        "ppo": ppo,
         "sft": {"run_dir": sft["run_dir"], "export": sft["export_dir"], "data": sft["data"],
                 "val_loss": _first_last(sft["evals"], "val/loss"),
                 "val_loss_en": _first_last(sft["evals"], "val/lang_en/loss"),
@@ -197,6 +203,8 @@ def _demo(args) -> int:
 
 def evidence(report: dict) -> str:
     """A few lines a person reads first: each stage's evidence."""
+    from patentgpt.train.stages.ppo.demo import evidence_line as ppo_evidence
+
     sft, rm = report["sft"], report["reward_model"]
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     return "\n".join([
@@ -208,4 +216,5 @@ def evidence(report: dict) -> str:
         f"reward model accuracy {f(rm['val_accuracy']['before'])} -> {f(rm['val_accuracy']['after'])} on held-out "
         f"synthetic pairs (margin {f(rm['val_margin']['before'])} -> {f(rm['val_margin']['after'])})",
         f"SFT answer: {sft['answer']!r}",
+        *([ppo_evidence(report["ppo"])] if "ppo" in report else []),
     ])

@@ -1,4 +1,4 @@
-"""``patentgpt pretrain|sft|rm`` / ``launch/<stage>.py`` (what ``deepspeed`` runs) and ``patentgpt export``."""
+"""``patentgpt pretrain|sft|rm|ppo`` / ``launch/<stage>.py`` (what ``deepspeed`` runs) and ``patentgpt export``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ HELP = {
     "pretrain": "continued pretraining on DeepSpeed (dense or MoE)",
     "sft": "supervised fine-tuning on chat data (assistant-only loss, packed conversations)",
     "rm": "reward model: scalar head, Bradley-Terry loss on preference pairs",
+    "ppo": "PPO-based RLHF: actor (SFT export), critic (reward-model export), frozen reference and reward model",
 }
 
 

@@ -257,3 +257,83 @@ def resolve_batch(cfg: TrainConfigBase, world_size: int) -> tuple[int, int, int]
             f"train.grad_accum_steps {t.grad_accum_steps} disagrees with train.global_batch_size "
             f"{t.global_batch_size} = micro {micro} x accum {accum} x world {world_size}")
     return micro, accum, t.global_batch_size
+
+
+class PromptDataSection(Section):
+    tokenizer: str | None = Field(None, description="HF tokenizer dir with a chat template; default: "
+                                  "model.init_from's")
+    sources: list[ChatSourceSpec] = Field(..., min_length=1, description="chat JSONL: a record's prompt is its "
+                                          "conversation without the final assistant turn (kept as the "
+                                          "reference answer), or a conversation ending with a user turn")
+    max_prompt_len: int = Field(256, ge=4, description="prompt tokens; longer prompts are set aside")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"data.sources: duplicate source names {names}")
+        return self
+
+
+class PPOSection(Section):
+    """PPO (actor = the core's engine, from model.init_from = the SFT export)."""
+
+    ref_from: str | None = Field(None, description="frozen reference model; default: model.init_from (a copy "
+                                 "of the actor's initial weights when that is null)")
+    critic_from: str | None = Field(None, description="reward-model export the critic starts from (its score "
+                                    "head read at every token gives the values); null: fresh from `model`")
+    reward_model: str | None = Field(None, description="frozen reward-model export (score at the end of the "
+                                     "response); null: only the programmatic reward")
+    reward_fn: str | None = Field(None, description="programmatic reward: a name in "
+                                  "patentgpt.train.stages.ppo.rewards.REWARDS or 'module:function'")
+    reward_fn_args: dict[str, Any] = Field(default_factory=dict)
+    reward_fn_weight: float = 1.0
+    normalize_reward: bool = Field(True, description="reward-model score minus running mean, over running std")
+    reward_clip: float = Field(10.0, gt=0, description="the total score is clipped to [-clip, clip]")
+    rollout_batch_size: int = Field(64, ge=1, description="prompts (one response each) per PPO iteration, all ranks")
+    generation_batch_size: int = Field(8, ge=1, description="prompts per generate() call")
+    ppo_epochs: int = Field(1, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    kl_coef: float = Field(0.01, ge=0, description="initial (or fixed) KL coefficient")
+    kl_target: float | None = Field(None, gt=0, description="turns on the adaptive KL controller (Ziegler et al.)")
+    kl_horizon: int = Field(10000, ge=1)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_ratio: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    whiten_advantages: bool = True
+    critic_lr: float = Field(9e-6, gt=0, description="critic learning rate (same schedule shape as optim.lr)")
+    samples_per_iteration: int = Field(4, ge=0, description="responses written to samples.jsonl per iteration")
+
+
+class PPOConfig(TrainConfigBase):
+    data: PromptDataSection
+    ppo: PPOSection = Field(default_factory=PPOSection)
+
+    @model_validator(mode="after")
+    def _check(self):
+        p, t = self.ppo, self.train
+        if not self.model.init_from and not self.data.tokenizer:
+            raise ValueError("data.tokenizer: required when model.init_from is not set")
+        if p.reward_model is None and p.reward_fn is None:
+            raise ValueError("ppo.reward_model / ppo.reward_fn: at least one reward is required")
+        if t.global_batch_size is None:
+            raise ValueError("train.global_batch_size: required for PPO (sequences per optimizer step)")
+        if p.rollout_batch_size % t.global_batch_size:
+            raise ValueError(f"ppo.rollout_batch_size {p.rollout_batch_size} must be a multiple of "
+                             f"train.global_batch_size {t.global_batch_size}")
+        per_rollout = p.ppo_epochs * p.rollout_batch_size // t.global_batch_size
+        for key, value in (("train.max_steps", t.max_steps), ("train.stop_at_step", t.stop_at_step),
+                           ("checkpoint.every_steps", self.checkpoint.every_steps)):
+            if value is not None and value % per_rollout:
+                raise ValueError(f"{key} {value} must be a multiple of the {per_rollout} optimizer steps of one "
+                                 f"PPO iteration (ppo_epochs x rollout_batch_size / global_batch_size): "
+                                 "checkpoints fall on iteration boundaries")
+        return self
+
+    def steps_per_iteration(self) -> int:
+        return self.ppo.ppo_epochs * self.ppo.rollout_batch_size // self.train.global_batch_size

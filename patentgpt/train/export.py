@@ -69,14 +69,15 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = original
 
 
-def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a DeepSpeed checkpoint directory written by this project."""
-    ds_dir = ckpt / DS_TAG
+def consolidated_state_dict(ckpt: Path, tag: str = DS_TAG) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a DeepSpeed checkpoint directory written by this project (``tag``:
+    the main engine's, or a further engine's such as PPO's ``critic``)."""
+    ds_dir = ckpt / tag
     with weights_only_loads():
         if list(ds_dir.glob("*optim_states.pt")):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
         states = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu")
     return {k: v.float() for k, v in states["module"].items()}
 
@@ -101,16 +102,17 @@ def load_exported(export_dir: str | Path, dtype=torch.float32):
     return model_class(config).from_pretrained(export_dir, dtype=dtype)
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32") -> Path:
+def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32", tag: str = DS_TAG) -> Path:
     """Write ``out`` with safetensors weights, config and tokenizer; atomic. The model class is
-    the one the checkpoint's config names (causal LM, or sequence classification for a reward model)."""
+    the one the checkpoint's config names (causal LM, or sequence classification for a reward model).
+    ``tag``: a further engine of the stage (its config is ``hf_config_<tag>/``)."""
     from transformers import AutoConfig, AutoTokenizer
 
     ckpt, out = Path(ckpt), Path(out)
     if not (ckpt / COMPLETE).is_file():
         raise FileNotFoundError(f"{ckpt} is not a complete PatentGPT checkpoint (no {COMPLETE} marker)")
-    config = AutoConfig.from_pretrained(ckpt / "hf_config")
-    state = consolidated_state_dict(ckpt)
+    config = AutoConfig.from_pretrained(ckpt / ("hf_config" if tag == DS_TAG else f"hf_config_{tag}"))
+    state = consolidated_state_dict(ckpt, tag)
     with torch.device("meta"):
         model = model_class(config)(config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

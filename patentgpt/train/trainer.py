@@ -263,6 +263,10 @@ class Trainer:
             if rank == 0:
                 export_checkpoint(last_ckpt, export_dir)
                 summary["export_dir"] = str(export_dir)
+                for tag in stage.extra_engines():  # e.g. PPO's critic, when the stage saved its config
+                    if (last_ckpt / f"hf_config_{tag}").is_dir():
+                        export_checkpoint(last_ckpt, run_dir / f"export_{tag}", tag=tag)
+                        summary[f"export_{tag}_dir"] = str(run_dir / f"export_{tag}")
             barrier()
             # Verify the export against the training model (all ranks run the forward: ZeRO-3).
             probe = stage.probe()

@@ -1,4 +1,4 @@
-"""Training stages on the shared core: pretraining, SFT, reward model. ``STAGES`` maps a stage
+"""Training stages on the shared core: pretraining, SFT, reward model, PPO. ``STAGES`` maps a stage
 name to (config class path, stage class path, launch script), for the CLI and ``patentgpt ablate``."""
 
 STAGES = {
@@ -6,6 +6,7 @@ STAGES = {
                  "launch/pretrain.py"),
     "sft": ("patentgpt.train.config:SFTConfig", "patentgpt.train.stages.sft:SFTStage", "launch/sft.py"),
     "rm": ("patentgpt.train.config:RewardConfig", "patentgpt.train.stages.reward:RewardStage", "launch/reward.py"),
+    "ppo": ("patentgpt.train.config:PPOConfig", "patentgpt.train.stages.ppo.stage:PPOStage", "launch/ppo.py"),
 }
 
 
