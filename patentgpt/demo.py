@@ -102,11 +102,11 @@ def align(out: Path, export: Path, synth_file: Path, overrides: list[str]) -> di
     from patentgpt.train.stages import run_stage
 
     common = [f"run.output_dir={out / 'runs'}", "checkpoint.resume=never", *overrides]
-    print("== 5/8 SFT on the synthesized IP instructions (assistant-only loss, packed)", flush=True)
+    print("== 5/9 SFT on the synthesized IP instructions (assistant-only loss, packed)", flush=True)
     sft_cfg = load_config(SFTConfig, SFT_CONFIG, [f"model.init_from={export}", *common,
                                                   f"data.sources=[{{name: ip_instructions, path: {synth_file}}}]"])
     sft = run_stage("sft", sft_cfg)
-    print("== 6/8 reward model on synthetic preference pairs", flush=True)
+    print("== 6/9 reward model on synthetic preference pairs", flush=True)
     prefs = make_preference_pairs(synth_file, out / "data" / "prefs" / "ip_prefs.jsonl")
     rm_cfg = load_config(RewardConfig, RM_CONFIG, [f"model.init_from={sft['export_dir']}", *common,
                                                    f"data.sources=[{{name: ip_prefs, path: {prefs['out']}}}]"])
@@ -152,20 +152,20 @@ def _demo(args) -> int:
     # pipeline has written it, so the full config is loaded again after step 2.
     load_config(PretrainConfig, args.config, [o for o in overrides if not o.startswith("data.mixture=")])
 
-    print("== 1/8 IP tokenizer", flush=True)
+    print("== 1/9 IP tokenizer", flush=True)
     build_tokenizer(out / "tokenizer", args.vocab_size)
-    print("== 2/8 corpus pipeline: clean, filter, dedup, synthesize, tokenize into mixtures", flush=True)
+    print("== 2/9 corpus pipeline: clean, filter, dedup, synthesize, tokenize into mixtures", flush=True)
     data_report = run_pipeline(data_cfg)
-    print("== 3/8 stage-1 pretraining", flush=True)
+    print("== 3/9 stage-1 pretraining", flush=True)
     cfg = load_config(PretrainConfig, args.config, overrides)
     summary = run_stage("pretrain", cfg)
     losses = summary["losses"]
-    print("== 4/8 generation from the exported model", flush=True)
+    print("== 4/9 generation from the exported model", flush=True)
     samples = generate(Path(summary["export_dir"]), PROMPTS)
     run_dir = Path(summary["run_dir"])
     synth_file = out / "data" / "synth" / (data_report.get("synth") or {}).get("output", "sft_synth.jsonl")
     alignment = align(out, Path(summary["export_dir"]), synth_file, args.overrides_align)
-    print("== 7/8 evaluation (patent-bar true/false, MOZIP-format fixtures) and contamination report", flush=True)
+    print("== 8/9 evaluation (patent-bar true/false, MOZIP-format fixtures) and contamination report", flush=True)
     from patentgpt.eval.demo import demo_eval
 
     evals = demo_eval({"pretrained": Path(summary["export_dir"]), "sft": Path(alignment["sft"]["export"])},
@@ -189,7 +189,7 @@ def _demo(args) -> int:
         **alignment,
         "eval": evals,
     }
-    print("== 8/8 embeddings: MiniLM and the demo decoder on patent classification and retrieval", flush=True)
+    print("== 9/9 embeddings: MiniLM and the demo decoder on patent classification and retrieval", flush=True)
     from patentgpt.embed.demo import demo_embed
 
     report["embeddings"] = demo_embed({"demo-decoder": Path(summary["export_dir"])}, out / "embed")

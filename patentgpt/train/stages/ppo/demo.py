@@ -15,7 +15,7 @@ def run_ppo_demo(out: Path, sft_export: str, rm_export: str, synth_file: Path, o
     from patentgpt.train.monitor import read_metrics
     from patentgpt.train.stages import run_stage
 
-    print("== PPO: the SFT model against the reward model (KL-penalised)", flush=True)
+    print("== 7/9 PPO: the SFT model against the reward model (KL-penalised)", flush=True)
     cfg = load_config(PPOConfig, PPO_CONFIG, [
         f"model.init_from={sft_export}", f"ppo.reward_model={rm_export}", f"ppo.critic_from={rm_export}",
         f"data.sources=[{{name: ip_prompts, path: {synth_file}}}]", f"run.output_dir={out / 'runs'}",
