@@ -4,7 +4,6 @@ instructions, Bradley-Terry loss, held-out accuracy, export that AutoModelForSeq
 import json
 
 import pytest
-import torch
 
 from patentgpt.config import load_config
 from patentgpt.train.config import RewardConfig

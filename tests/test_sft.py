@@ -2,11 +2,9 @@
 falling validation loss, exact resume, records set aside with reasons, chat export."""
 
 import json
-import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml

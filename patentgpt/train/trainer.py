@@ -135,7 +135,7 @@ class Trainer:
                                          universal=universal)["step"]
             if rank == 0:
                 print(f"resumed from {resume_from} at step {start_step}" +
-                      (f" (saved on another number of ranks: universal checkpoint)" if universal else ""))
+                      (" (saved on another number of ranks: universal checkpoint)" if universal else ""))
 
         monitor = Monitor(run_dir, plain_config, cfg.logging.wandb, run_name=cfg.run.name, enabled=rank == 0,
                           resume_step=start_step)

@@ -4,12 +4,8 @@ Records that cannot be used are counted by reason and set aside (``rejects.jsonl
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
 
 from patentgpt.data.chat import _check, to_messages
-from patentgpt.data.jsonl import read_json_records
-from patentgpt.errors import DataError
 
 
 def to_prompt(record: dict, fmt: str = "auto") -> tuple[tuple[list[dict], str | None] | None, str | None]:
@@ -30,27 +26,21 @@ def to_prompt(record: dict, fmt: str = "auto") -> tuple[tuple[list[dict], str | 
     return (prompt, messages[-1]["content"]), None
 
 
-def read_prompts(spec, tokenizer, max_prompt_len: int, rejects: list[dict]):
-    """(kept [(prompt ids, prompt messages, answer)], records read, reasons) of one source."""
+def prompt_converter(tokenizer, max_prompt_len: int):
+    """A record converter for :func:`patentgpt.train.stages.records.read_sources`: a prompt's
+    ((ids, prompt messages, reference answer), language, None), or (None, None, reason)."""
+    from patentgpt.data.chat import record_lang
     from patentgpt.data.chat_loader import render_chat
 
-    path = Path(spec.path)
-    if not path.is_file():
-        raise DataError(f"data.sources[{spec.name}].path: {path} not found")
-    kept, reasons, read = [], Counter(), 0
-    for line, record, reason in read_json_records(path):
-        read += 1
-        item = None
-        if reason is None:
-            item, reason = to_prompt(record, spec.format)
+    def convert(record: dict, spec):
+        item, reason = to_prompt(record, spec.format)
         if reason is None:
             text = render_chat(tokenizer, item[0], add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_len:
                 reason = "longer_than_max_prompt_len"
         if reason is not None:
-            reasons[reason] += 1
-            rejects.append({"source": spec.name, "file": str(path), "line": line, "reason": reason})
-            continue
-        kept.append((ids, item[0], item[1]))
-    return kept, read, reasons
+            return None, None, reason
+        return (ids, item[0], item[1]), record_lang(record, item[0]), None
+
+    return convert

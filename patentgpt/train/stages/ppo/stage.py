@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from patentgpt.data.chat_loader import WeightedStream, rank_slices, render_chat
-from patentgpt.data.loader import holdout_split
 from patentgpt.errors import ConfigError, DataError
 from patentgpt.train.config import PPOConfig
 from patentgpt.train.lm import CausalLMStage
@@ -43,7 +42,7 @@ from patentgpt.train.stages.ppo.advantages import gae, whiten
 from patentgpt.train.stages.ppo.kl import KLController, kl_per_token
 from patentgpt.train.stages.ppo.losses import entropy, policy_loss, token_logprobs, value_loss
 from patentgpt.train.stages.ppo.rewards import Sample, resolve
-from patentgpt.train.stages.sft import data_report_line, write_rejects
+from patentgpt.train.stages.records import read_sources, report_line, write_rejects
 
 EVAL_ITERATION = 2**31 - 1  # the seed "iteration" of held-out generation
 
@@ -135,7 +134,7 @@ class PPOStage(CausalLMStage):
 
     # -- set-up -------------------------------------------------------------------------------
     def setup(self, ctx):
-        from patentgpt.train.stages.ppo.prompts import read_prompts
+        from patentgpt.train.stages.ppo.prompts import prompt_converter
 
         from patentgpt.config.checks import check_hf_model_dir
 
@@ -158,19 +157,16 @@ class PPOStage(CausalLMStage):
         if p.rollout_batch_size % gen_total:
             raise ConfigError(f"ppo.rollout_batch_size {p.rollout_batch_size} must be a multiple of "
                               f"ppo.generation_batch_size {p.generation_batch_size} x {ctx.world} ranks")
-        rejects: list[dict] = []
-        for i, spec in enumerate(cfg.data.sources):
-            kept, read, reasons = read_prompts(spec, tok, cfg.data.max_prompt_len, rejects)
-            self.data_report[spec.name] = {"read": read, "kept": len(kept), "set_aside": dict(reasons.most_common())}
-            if not kept:
-                raise DataError(f"data.sources[{spec.name}]: no usable prompt in {spec.path} "
-                                f"(set aside: {dict(reasons.most_common(5))})")
-            train_ids, held_ids = holdout_split(len(kept), cfg.eval.holdout, cfg.run.seed, i)
-            self.train_sources.append((spec.name, [kept[j] for j in train_ids], spec.weight))
-            self.eval_prompts += [kept[j] for j in held_ids][: ctx.micro * cfg.eval.max_batches]
+        splits, rejects = read_sources(cfg.data.sources, prompt_converter(tok, cfg.data.max_prompt_len),
+                                       holdout=cfg.eval.holdout, seed=cfg.run.seed, what="prompt")
+        for spec, split in zip(cfg.data.sources, splits):
+            self.data_report[spec.name] = split.report
+            self.train_sources.append((spec.name, split.train, spec.weight))
+            held = [item for items in split.held_by_lang.values() for item in items]
+            self.eval_prompts += held[: ctx.micro * cfg.eval.max_batches]
         if ctx.rank == 0:
             write_rejects(ctx.run_dir / "rejects.jsonl", rejects)
-            print(f"ppo prompts: {data_report_line(self.data_report)}")
+            print(f"ppo prompts: {report_line(self.data_report)}")
 
     def build_model(self, ctx):
         model = super().build_model(ctx)  # the actor: model.init_from (the SFT export) or fresh
