@@ -14,11 +14,11 @@ from patentgpt.embed.views import record_id, render_view
 
 def load_records(cfg: TaskConfig) -> tuple[list[tuple[str, dict]], list[dict]]:
     """(id, record) of the task's JSONL files, up to ``limit``; unusable lines set aside with a reason."""
-    from patentgpt.data.pipeline.ingest import read_jsonl
+    from patentgpt.data.jsonl import iter_jsonl
 
     out, rejects, seen = [], [], set()
     for path in map(resolve, cfg.data):
-        for lineno, record, reason in read_jsonl(path):
+        for lineno, record, reason in iter_jsonl(path):
             rid = record_id(record) if record is not None else None
             reason = reason or ("no_id" if rid is None else "duplicate_id" if rid in seen else None)
             if reason:

@@ -51,14 +51,14 @@ def read_view_texts(path: str | Path, view: str, *, markers: bool = False, id_fi
                     limit: int | None = None) -> tuple[list[str], list[str], list[dict]]:
     """(ids, texts, rejects) of a JSONL file; records without an id or without text under the view
     are set aside with a reason, never silently dropped."""
-    from patentgpt.data.pipeline.ingest import read_jsonl
+    from patentgpt.data.jsonl import iter_jsonl
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     sections = parse_view(view)
     ids, texts, rejects, seen = [], [], [], set()
-    for lineno, record, reason in read_jsonl(path):
+    for lineno, record, reason in iter_jsonl(path):
         if limit is not None and len(ids) >= limit:
             break
         rid = record_id(record, id_field) if record is not None else None
