@@ -46,7 +46,8 @@ def title_prompts(tmp_path_factory):
 def ppo_overrides(tmp_path, tok, prompts, name, extra=()):
     return [*TINY, f"data.tokenizer={tok}", f"data.sources=[{{name: ip, path: {prompts}}}]", "data.max_prompt_len=96",
             "ppo.reward_model=null", "ppo.critic_from=null", "ppo.reward_fn=token_fraction", CJK,
-            f"run.output_dir={tmp_path}", f"run.name={name}", "logging.wandb.mode=disabled", *extra]
+            f"run.output_dir={tmp_path}", f"run.name={name}", "logging.wandb.mode=disabled",
+            "optim.lr=2e-5", "eval.holdout=0", *extra]  # the tests' own settings, whatever the demo's
 
 
 def ppo_config(*args, **kw):
