@@ -9,7 +9,7 @@ import pytest
 from lm_eval.api.model import LM
 
 from patentgpt.eval.harness import evaluate, flat_metrics
-from patentgpt.eval.tasks import EVALS_DIR, load_task
+from patentgpt.eval.tasks import EVALS_DIR, load_task, task_files
 
 
 class PrefersA(LM):
@@ -134,13 +134,13 @@ def test_cli_runs_every_task_end_to_end_with_decontamination_and_judge(tiny_expo
     quiz = load_task("ipquiz").items["en"]
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in _planted_docs(quiz, {quiz[0]["id"]})))
     out = tmp_path / "eval"
-    rc = main(["eval", "--model", str(tiny_export), "--tasks", *sorted(p.stem for p in EVALS_DIR.rglob("*.yaml")),
+    rc = main(["eval", "--model", str(tiny_export), "--tasks", *sorted(task_files()),
                "--limit", "12", "--out", str(out), "--against", str(docs), "--decontaminate",
                "--judge", str(tiny_export), "--wandb", "disabled"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     ran = {e["task"] for e in res["tasks"].values()} | set(res["skipped"])
-    assert ran == {p.stem for p in EVALS_DIR.rglob("*.yaml")}
+    assert ran == set(task_files())
     assert {"ipquiz", "patent_agent_exam", "patentmatch", "ipqa"} <= {e["task"] for e in res["tasks"].values()}
     for name, e in res["tasks"].items():
         m = e["metrics"]

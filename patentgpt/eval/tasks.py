@@ -112,10 +112,16 @@ class LoadedTask:
 
 
 # ------------------------------------------------------------------------------------ locating
+# evals/embeddings/ holds the embedding tasks of `patentgpt embed eval` (another schema)
+OTHER_HARNESSES = ("embeddings",)
+
+
 def task_files(root: Path = EVALS_DIR) -> dict[str, Path]:
-    """Every task YAML under ``root`` by task name (the file's stem)."""
+    """Every task YAML under ``root`` by task name (the file's stem), the embedding tasks excepted."""
     out: dict[str, Path] = {}
     for path in sorted(root.rglob("*.yaml")):
+        if path.relative_to(root).parts[0] in OTHER_HARNESSES:
+            continue
         if path.stem in out:
             raise ConfigError(f"tasks: two task files named {path.stem}: {out[path.stem]} and {path}")
         out[path.stem] = path
