@@ -30,6 +30,12 @@ def expert_fractions(router_logits, top_k: int, num_experts: int) -> np.ndarray:
     return np.stack(rows)
 
 
+def micro_batches(columns: dict[str, np.ndarray], micro: int) -> list[dict[str, torch.Tensor]]:
+    """Rows (``columns``: name -> [rows, seq] array) cut into validation micro-batches of ``micro`` rows."""
+    rows = len(next(iter(columns.values())))
+    return [{k: torch.from_numpy(v[i:i + micro]) for k, v in columns.items()} for i in range(0, rows, micro)]
+
+
 @torch.no_grad()
 def label_loss_sum(module, batch: dict) -> tuple[float, int]:
     """(sum of token losses, counted tokens) of ``batch`` under ``module`` (no labels passed in, so

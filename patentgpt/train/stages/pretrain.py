@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from patentgpt.data.lang import detect_lang
 from patentgpt.data.loader import MixtureLoader, holdout_split, pack_documents
 from patentgpt.data.shards import ShardError, ShardSet, TokenizerInfo
 from patentgpt.train.config import PretrainConfig
-from patentgpt.train.lm import CausalLMStage
+from patentgpt.train.lm import CausalLMStage, micro_batches
 from patentgpt.train.stages.records import group_name
 
 
@@ -48,9 +47,7 @@ class PretrainStage(CausalLMStage):
             ids, labels = pack_documents(docs, self.cfg.data.seq_len, ctx.micro * self.cfg.eval.max_batches,
                                          eos_id=self.tok_info.eos_id, bos_id=bos)
             group = group_name(name, lang, len(by_lang))
-            self.eval_groups[group] = [
-                {"input_ids": torch.from_numpy(ids[i:i + ctx.micro]), "labels": torch.from_numpy(labels[i:i + ctx.micro])}
-                for i in range(0, len(ids), ctx.micro)]
+            self.eval_groups[group] = micro_batches({"input_ids": ids, "labels": labels}, ctx.micro)
             self.eval_langs[group] = lang
 
     def build_model(self, ctx):

@@ -10,13 +10,12 @@ perplexity are reported per source and per language.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from patentgpt.data.chat import record_lang, to_messages
 from patentgpt.data.chat_loader import PackedChatLoader, pack_eval_rows, tokenize_chat
 from patentgpt.errors import DataError
 from patentgpt.train.config import SFTConfig
-from patentgpt.train.lm import CausalLMStage
+from patentgpt.train.lm import CausalLMStage, micro_batches
 from patentgpt.train.stages.records import group_name, read_sources, report_line, write_rejects
 
 
@@ -50,11 +49,9 @@ class SFTStage(CausalLMStage):
             for lang, examples in split.held_by_lang.items():
                 rows = pack_eval_rows(examples, cfg.data.seq_len, self.pad_id, ctx.micro * cfg.eval.max_batches)
                 group = group_name(spec.name, lang, len(split.held_by_lang))
-                self.eval_groups[group] = [
-                    {"input_ids": torch.from_numpy(np.stack([r[0] for r in rows[k:k + ctx.micro]])),
-                     "labels": torch.from_numpy(np.stack([r[1] for r in rows[k:k + ctx.micro]])),
-                     "position_ids": torch.from_numpy(np.stack([r[2] for r in rows[k:k + ctx.micro]]))}
-                    for k in range(0, len(rows), ctx.micro)]
+                ids, labels, pos = (np.stack(col) for col in zip(*rows))
+                self.eval_groups[group] = micro_batches({"input_ids": ids, "labels": labels, "position_ids": pos},
+                                                        ctx.micro)
                 self.eval_langs[group] = lang
         if ctx.rank == 0:
             write_rejects(ctx.run_dir / "rejects.jsonl", rejects)
