@@ -5,6 +5,7 @@ resolved into transformers v5 ``rope_parameters``, applied to a stage-1 model lo
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -75,7 +76,7 @@ def test_stage2_configs_use_the_rope_keys(tmp_path, demo_shards, ip_tokenizer_di
         tree = apply_overrides(load_yaml_tree(STAGE2 / name), [f"data.tokenizer={ip_tokenizer_dir}"])
         cfg = validate(PretrainConfig, tree, name)
         assert cfg.data.seq_len == 16384 <= cfg.model.max_position_embeddings
-        assert cfg.model.rope_scaling.rope_type == expect
+        assert cfg.model.rope_scaling.rope_type == expect and cfg.data.document_masking
         assert {"rope_theta", "rope_scaling"} <= cfg.model.model_fields_set  # applied on init_from
 
 
@@ -106,14 +107,17 @@ def test_stage2_yarn_from_stage1_export_reproduces_logits_at_long_length(tmp_pat
                 "model.max_position_embeddings=256",
                 "model.rope_scaling={rope_type: yarn, original_max_position_embeddings: 64, beta_fast: 16.0}",
                 "train.max_steps=3", "optim.warmup_steps=1", "train.micro_batch_size=2", "train.global_batch_size=2",
-                "checkpoint.every_steps=3", "run.name=yarn", "deepspeed.zero_stage=0")
+                "checkpoint.every_steps=3", "run.name=yarn", "deepspeed.zero_stage=0",
+                "data.document_masking=true", "eval.holdout=0.1", "eval.max_batches=1")
     summary = run_stage("pretrain", cfg)
+    assert all(map(math.isfinite, (loss for _, loss in summary["losses"])))
     export = tmp_path / "yarn" / "export"
     saved = json.loads((export / "config.json").read_text())
     assert saved["max_position_embeddings"] == 256
     assert saved["rope_parameters"] == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                         "original_max_position_embeddings": 64, "beta_fast": 16.0}
     # the trainer compared the training model with from_pretrained(export) on a 256-token row
+    # (with its document-masking position_ids)
     assert summary["export_max_logit_diff"] < 1e-5
     model = AutoModelForCausalLM.from_pretrained(export)
     rotary = model.model.rotary_emb
