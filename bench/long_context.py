@@ -10,7 +10,7 @@ Rows are packed real documents when the demo corpus is tokenized with the run's 
 document lengths are drawn like patents (log-normal, median ~600 tokens) over random token ids,
 which is all the step's cost depends on. Peak memory: on GPU ``torch.cuda.max_memory_allocated``;
 on CPU the peak process RSS (sampled every millisecond by a thread, psutil) above the RSS before
-the step. Also runs the loader micro-benchmark (bench/loader_take.py) unless ``--no-loader``.
+the step, and, exact on any device, the bytes autograd saves for the backward pass. Also runs the loader micro-benchmark (bench/loader_take.py) unless ``--no-loader``.
 
     python bench/long_context.py [--lengths 1024 2048 4096] [--repeats 3] [--no-loader]
 """
@@ -36,6 +36,31 @@ from harness import compare, emit  # noqa: E402
 from patentgpt.data.loader import segment_positions  # noqa: E402
 
 VOCAB = 4096
+
+
+class SavedActivations:
+    """Bytes autograd keeps for the backward pass (tensors saved by the forward, each storage once):
+    exact and deterministic, unlike RSS on CPU, where the allocator reuses freed memory."""
+
+    def __enter__(self):
+        self.storages: dict[int, int] = {}
+
+        def pack(t):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                st = t.untyped_storage()
+                self.storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+    @property
+    def mib(self) -> float:
+        return sum(self.storages.values()) / 2**20
 
 
 class PeakMemory:
@@ -103,7 +128,7 @@ def packed_row(length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.from_numpy(segment_positions(starts, length))[None]
 
 
-def step_variant(m, device, length: int, masked: bool, memory: dict):
+def step_variant(m, device, length: int, masked: bool, memory: dict, saved: dict):
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     ids, pos = packed_row(length, length)
     batch = {"input_ids": ids.to(device), "labels": ids.to(device)}
@@ -113,13 +138,16 @@ def step_variant(m, device, length: int, masked: bool, memory: dict):
     def run():
         with PeakMemory() as peak:
             t0 = time.perf_counter()
-            m(**batch).loss.backward()
+            with SavedActivations() as acts:
+                loss = m(**batch).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
         memory.setdefault(length, []).append(peak.mib)
+        saved[length] = acts.mib
         return length, seconds
     return run
 
@@ -134,16 +162,22 @@ def main() -> None:
     (plain, device), (ckpt, _) = model(False), model(True)
     results = {}
     for length in args.lengths:
-        memory = {name: {} for name in ("causal", "causal_ckpt", "doc_masked")}
-        variants = {"causal": step_variant(plain, device, length, False, memory["causal"]),
-                    "causal_ckpt": step_variant(ckpt, device, length, False, memory["causal_ckpt"]),
-                    "doc_masked": step_variant(plain, device, length, True, memory["doc_masked"])}
+        names = ("causal", "causal_ckpt", "doc_masked")
+        memory, saved = {name: {} for name in names}, {name: {} for name in names}
+        variants = {"causal": step_variant(plain, device, length, False, memory["causal"], saved["causal"]),
+                    "causal_ckpt": step_variant(ckpt, device, length, False, memory["causal_ckpt"],
+                                                saved["causal_ckpt"]),
+                    "doc_masked": step_variant(plain, device, length, True, memory["doc_masked"],
+                                               saved["doc_masked"])}
         res = compare(variants, baseline="causal", repeats=args.repeats, warmup=1, unit="tokens")
         # the warm-up round's peak is dropped like its time
         res["peak_memory_mib"] = {n: round(float(np.median(v[length][1:])), 1) for n, v in memory.items()}
+        res["saved_activations_mib"] = {n: round(v[length], 1) for n, v in saved.items()}
         results[f"{length}_tokens"] = res
     extra = {"model": "LLaMA 4 layers, hidden 256, 8 heads (4 kv), sdpa; batch 1 x length; AdamW step",
-             "memory": "CUDA max allocated" if device == "cuda" else "peak RSS above the step's start (psutil)",
+             "memory": "CUDA max allocated" if device == "cuda" else "peak RSS above the step's start (psutil; "
+                       "noisy: the allocator reuses freed memory)",
+             "saved_activations": "bytes autograd saved for backward (exact)",
              "results": results}
     if not args.no_loader:
         out = subprocess.run([sys.executable, str(REPO / "bench" / "loader_take.py")], capture_output=True,
