@@ -11,7 +11,8 @@ Arctic Long Sequence Training components for HF models:
   every one of them (so a rank runs ``sp`` micro-steps per loaded micro-batch; DeepSpeed's gradient
   accumulation counts them). Labels become ``shift_labels`` (shifted before sharding).
 * The loss of a micro-batch is the sum of its shards' token losses (a differentiable all-gather
-  over the group), divided by the step's target count like every other micro-step.
+  over the group), divided by the step's target count like every other micro-step (and by sp,
+  see ``micro_step``).
 
 Runs on CPU over gloo (tests/test_sequence_parallel.py: 2 ranks against 1). Ulysses discards the
 4D attention mask: document masking under sequence parallelism needs flash_attention_2 (varlen from
@@ -108,6 +109,10 @@ class SequenceParallel:  # torch and deepspeed imported inside: the config check
                                 ignore_index=IGNORE, reduction="sum")
         group_sum = torch.stack(torch.distributed.nn.functional.all_gather(
             local, group=self.mpu.get_sequence_parallel_group())).sum()
+        # Every rank of the group backpropagates the group's sum (the all-gather's backward adds the
+        # group's gradients), and DeepSpeed averages over world / sp data-parallel replicas: the
+        # parameters would get sp x one process's gradient. Dividing by sp makes them equal (the
+        # test compares gradient norms, not only losses, which Adam would hide).
         loss = group_sum / (items_per_micro * self.size)
         stats = {"loss_sum": float(local.detach())}
         aux = getattr(out, "aux_loss", None)
