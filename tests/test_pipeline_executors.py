@@ -1,0 +1,132 @@
+"""The corpus pipeline on its two executors (local processes, a local Ray of 2 CPUs), sharded
+dedup against its single-bucket run, and resume after a SIGKILLed worker or driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _pipeline_support import EXACT_DUP, NEAR_DUP_EN, NEAR_DUP_ZH, fixture_config
+from patentgpt.data.pipeline.executor import FAULT_DIR_ENV
+from patentgpt.data.pipeline.runner import run_pipeline
+
+STEPS = ("clean", "lang", "filter", "dedup")
+FILES = ("docs.jsonl", "rejects.jsonl", "dedup_clusters.jsonl")
+TESTS = Path(__file__).resolve().parent
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def outputs(out: Path) -> dict:
+    """Every document, rejects and cluster file the record steps wrote, as bytes."""
+    return {f"{s}/{f}": (out / s / f).read_bytes() for s in STEPS for f in FILES if (out / s / f).is_file()}
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    """A fault-injection directory, in the environment before Ray starts so its workers see it."""
+    path = tmp_path_factory.mktemp("faults")
+    old = os.environ.get(FAULT_DIR_ENV)
+    os.environ[FAULT_DIR_ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(FAULT_DIR_ENV, None)
+    else:
+        os.environ[FAULT_DIR_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def local_ray(faults):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The reference: the local executor, one process, default partitioning (one partition)."""
+    out = tmp_path_factory.mktemp("local") / "run"
+    report = run_pipeline(fixture_config(out), log=quiet)
+    return out, report
+
+
+def test_ray_and_local_executors_write_identical_bytes_and_counts(local_run, local_ray, tmp_path):
+    out, report = local_run
+    ray_out = tmp_path / "ray"
+    # small partitions and buckets, so the documents really are spread over many tasks and workers
+    ray_report = run_pipeline(fixture_config(ray_out, executor="ray", partition_docs=4,
+                                             dedup={"bucket_docs": 5}), log=quiet)
+    assert outputs(out) == outputs(ray_out)
+    assert len(outputs(out)) == 9
+    assert ray_report["total"] == report["total"] and ray_report["sources"] == report["sources"]
+    dedup = ray_report["steps"]["dedup"]["memory"]
+    assert dedup["executor"] == "ray" and dedup["workers"] == 2
+    assert dedup["stages"]["sign"]["partitions"] == 6 and dedup["stages"]["exact"]["partitions"] == 5
+    assert set(dedup["stages"]) == {"sign", "exact", "bands", "verify"}
+    assert all(0 < s["peak_rss_mb_max"] < 4096 for s in dedup["stages"].values())
+    stats = json.loads((ray_out / "dedup" / "stats.json").read_text())["extra"]
+    assert stats["buckets"] == 5 and stats["exact_dups"] == 1 and stats["near_dups"] == 2
+    removed = {json.loads(line)["id"]: json.loads(line)["duplicate_of"]["id"]
+               for line in (ray_out / "dedup" / "rejects.jsonl").read_text().splitlines()}
+    assert removed == dict([EXACT_DUP, NEAR_DUP_EN, NEAR_DUP_ZH])
+    assert not (ray_out / "dedup" / "parts").exists() and not (ray_out / ".dedup.tmp").exists()
+
+
+def test_local_partitions_and_buckets_do_not_change_the_output(local_run, tmp_path):
+    out, _ = local_run
+    other = tmp_path / "p2"
+    report = run_pipeline(fixture_config(other, num_proc=2, partition_docs=3, dedup={"bucket_docs": 2}), log=quiet)
+    assert outputs(other) == outputs(out)
+    mem = report["steps"]["filter"]["memory"]
+    assert mem["executor"] == "local" and mem["stages"]["map"]["partitions"] == 8
+    assert mem["stages"]["map"]["workers"] == 2  # two pool processes shared the partitions
+
+
+def test_a_killed_ray_worker_is_retried_and_the_output_is_unchanged(local_run, local_ray, faults, tmp_path):
+    out, _ = local_run
+    for name in ("worker-map-1", "worker-sign-2", "worker-bands-0"):
+        (faults / name).touch()
+    ray_out = tmp_path / "ray_killed"
+    report = run_pipeline(fixture_config(ray_out, executor="ray", partition_docs=4), log=quiet)
+    assert not list(faults.iterdir())  # every planted fault fired: three workers died by SIGKILL
+    assert outputs(ray_out) == outputs(out)
+    assert report["total"] == json.loads((out / "report.json").read_text())["total"]
+
+
+def test_a_killed_driver_resumes_from_its_finished_partitions(local_run, tmp_path):
+    out, _ = local_run
+    run = tmp_path / "killed"
+    faults = tmp_path / "driver_faults"
+    faults.mkdir()
+    (faults / "driver-sign-2").touch()  # the driver dies after the third signature partition
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); from _pipeline_support import fixture_config; "
+            "from patentgpt.data.pipeline.runner import run_pipeline; "
+            f"run_pipeline(fixture_config({str(run)!r}, partition_docs=4), log=print)")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, FAULT_DIR_ENV: str(faults)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (run / "filter" / "DONE").is_file() and not (run / "dedup").exists()
+    assert len(list((run / ".dedup.tmp" / "parts" / "sign").glob("*.done.json"))) == 3
+    lines: list[str] = []
+    report = run_pipeline(fixture_config(run, partition_docs=4), log=lines.append)
+    assert report["ran"] == ["dedup"]
+    assert "[dedup] running (resuming: 3 finished partitions kept)" in lines
+    assert report["steps"]["dedup"]["memory"]["stages"]["sign"]["resumed"] == 3
+    assert outputs(run) == outputs(out)
+    # a changed config does not reuse partitions of the old one
+    (faults / "driver-sign-0").touch()
+    proc = subprocess.run([sys.executable, "-c", code.replace("partition_docs=4", "partition_docs=4, seed=8")],
+                          env={**os.environ, FAULT_DIR_ENV: str(faults)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    lines.clear()
+    run_pipeline(fixture_config(run, partition_docs=4, seed=9), log=lines.append)
+    assert not any("resuming" in line for line in lines)
