@@ -140,7 +140,14 @@ class RayExecutor:
             kwargs: dict = {"include_dashboard": False, "log_to_driver": False,
                             "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
             if address:
-                ray.init(address=address, **kwargs)
+                try:
+                    ray.init(address=address, **kwargs)
+                except ConnectionError as exc:
+                    from patentgpt.config import ConfigError
+
+                    raise ConfigError(f"ray.address: cannot join a Ray cluster at {address!r} ({exc}); start "
+                                      "one with `ray start --head` or leave ray.address unset for a local Ray") \
+                        from None
             else:
                 ray.init(num_cpus=num_cpus, **kwargs)
             self.started = True
