@@ -130,3 +130,40 @@ def test_a_killed_driver_resumes_from_its_finished_partitions(local_run, tmp_pat
     lines.clear()
     run_pipeline(fixture_config(run, partition_docs=4, seed=9), log=lines.append)
     assert not any("resuming" in line for line in lines)
+
+
+def test_glob_of_gzip_zstd_and_parquet_inputs_reads_like_plain_jsonl(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    from _pipeline_support import FIX
+    from patentgpt.data.pipeline.docstore import iter_docs
+
+    rows = [json.loads(line) for line in (FIX / "patents_zh.jsonl").read_text(encoding="utf-8").splitlines()]
+    thirds = [rows[0::3], rows[1::3], rows[2::3]]
+    src = tmp_path / "in"
+    src.mkdir()
+    with gzip.open(src / "a.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in thirds[0])
+    (src / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in thirds[1]).encode()))
+    pq.write_table(pa.Table.from_pylist(thirds[2]), src / "c.parquet")
+
+    def texts(paths, out):
+        data = {"output_dir": str(out), "input_root": str(tmp_path), "steps": ["ingest", "clean"], "sources": [
+            {"name": "zh", "paths": paths, "lang": "zh", "template": {"sections": ["title", "abstract", "claims"]}}]}
+        from patentgpt.config import load_config
+        from patentgpt.data.pipeline.config import DataPipelineConfig
+
+        report = run_pipeline(load_config(DataPipelineConfig, data=data), log=quiet)
+        return sorted(d["text"] for d in iter_docs(out / "clean" / "docs.jsonl")), report
+
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                          encoding="utf-8")
+    mixed, report = texts(["in/*.jsonl.*", "in/*.parquet"], tmp_path / "mixed")
+    plain, _ = texts(["plain.jsonl"], tmp_path / "plain")
+    assert len(mixed) == report["total"]["read"] - sum(report["total"]["removed"].values()) > 3
+    assert mixed == plain
