@@ -238,7 +238,7 @@ class DedupConfig(Section):
     max_bucket_pairs: int = Field(64, ge=2, description="larger LSH buckets link members to one representative")
     seed: int | None = Field(None, description="default: the run seed")
     batch_docs: int = Field(2000, ge=1)
-    bucket_docs: int = Field(1_000_000, ge=1, description="documents per hash bucket of the sharded exact/LSH "
+    bucket_docs: int = Field(500_000, ge=1, description="documents per hash bucket of the sharded exact/LSH "
                              "stages (buckets = documents / this): bounds each bucket worker's memory")
 
     @model_validator(mode="after")

@@ -85,6 +85,11 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def maxrss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    return round(_maxrss() / 2**20, 1)
+
+
 _STATE: dict = {}
 
 

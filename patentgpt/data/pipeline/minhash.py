@@ -256,25 +256,3 @@ def estimated_jaccard(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         p = pairs[lo: lo + (1 << 16)]
         out[lo: lo + len(p)] = (sig[p[:, 0]] == sig[p[:, 1]]).mean(axis=1)
     return out
-
-
-def connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Component label (the smallest member index) of each of ``n`` nodes."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in pairs.tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
-    return np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)

@@ -11,7 +11,6 @@ the others, so the step is redone from its last finished partitions, not from sc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -96,6 +95,3 @@ def line_partitions(lines: Iterable[str], size: int) -> Iterable[tuple[int, list
 def part_file(stage_dir: Path | str, p: int, suffix: str) -> Path:
     return Path(stage_dir) / f"{p:05d}.{suffix}"
 
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")

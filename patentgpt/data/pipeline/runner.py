@@ -29,7 +29,7 @@ from typing import Callable
 
 from patentgpt.config import ConfigError, save_config
 from patentgpt.data.pipeline.config import STEP_ORDER, DataPipelineConfig
-from patentgpt.data.pipeline.executor import make_executor
+from patentgpt.data.pipeline.executor import make_executor, maxrss_mb
 from patentgpt.data.pipeline.partitions import PARTS
 from patentgpt.data.pipeline.report import Ledger, build_report
 from patentgpt.data.pipeline.steps import LEDGER_STEPS, STEPS, StepContext, latest_docs, ledgers
@@ -248,17 +248,11 @@ def prepare_work_dir(tmp: Path, fingerprint: dict, fresh: bool) -> int:
 def step_memory(stages: dict, executor) -> dict:
     """Peak resident memory of the step: per stage, the largest of its worker tasks; and the driver's."""
     out = {"executor": getattr(executor, "name", None), "workers": getattr(executor, "workers", None),
-           "driver_peak_rss_mb": round(_maxrss_mb(), 1)}
+           "driver_peak_rss_mb": maxrss_mb()}
     if stages:
         out["stages"] = stages
         out["worker_peak_rss_mb"] = max(s["peak_rss_mb_max"] for s in stages.values())
     return out
-
-
-def _maxrss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _step_note(stats: dict) -> str:
