@@ -87,8 +87,8 @@ def test_local_partitions_and_buckets_do_not_change_the_output(local_run, tmp_pa
     report = run_pipeline(fixture_config(other, num_proc=2, partition_docs=3, dedup={"bucket_docs": 2}), log=quiet)
     assert outputs(other) == outputs(out)
     mem = report["steps"]["filter"]["memory"]
-    assert mem["executor"] == "local" and mem["stages"]["map"]["partitions"] == 8
-    assert mem["stages"]["map"]["workers"] == 2  # two pool processes shared the partitions
+    assert mem["executor"] == "local" and mem["workers"] == 2 and mem["stages"]["map"]["partitions"] == 8
+    assert 1 <= mem["stages"]["map"]["workers"] <= 2  # pool processes (started on demand) that ran partitions
 
 
 def test_a_killed_ray_worker_is_retried_and_the_output_is_unchanged(local_run, local_ray, faults, tmp_path):
@@ -167,3 +167,19 @@ def test_glob_of_gzip_zstd_and_parquet_inputs_reads_like_plain_jsonl(tmp_path):
     plain, _ = texts(["plain.jsonl"], tmp_path / "plain")
     assert len(mixed) == report["total"]["read"] - sum(report["total"]["removed"].values()) > 3
     assert mixed == plain
+
+
+def test_a_killed_local_worker_stops_the_step_and_the_rerun_resumes(local_run, faults, tmp_path):
+    from patentgpt.data.pipeline.executor import WorkerLost
+
+    out, _ = local_run
+    run = tmp_path / "local_killed"
+    (faults / "worker-sign-3").touch()
+    cfg = fixture_config(run, num_proc=2, partition_docs=4)
+    with pytest.raises(WorkerLost):
+        run_pipeline(cfg, log=quiet)
+    assert not (faults / "worker-sign-3").exists() and not (run / "dedup").exists()
+    lines: list[str] = []
+    report = run_pipeline(cfg, log=lines.append)
+    assert report["ran"] == ["dedup"] and any("resuming" in line for line in lines)
+    assert outputs(run) == outputs(out)

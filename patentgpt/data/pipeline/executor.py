@@ -25,6 +25,7 @@ import uuid
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
+from patentgpt.data.pipeline.parallel import _context as _mp_context
 from patentgpt.data.pipeline.parallel import ordered_map
 
 FAULT_DIR_ENV = "PATENTGPT_PIPELINE_FAULTS"
@@ -109,8 +110,14 @@ def measured(fn: Callable, item: Any) -> Any:
     return result, {"peak_rss_mb": mem.mb, "pid": os.getpid(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
+class WorkerLost(RuntimeError):
+    """A local worker process died (killed, out of memory): the step stops; a rerun resumes it."""
+
+
 class LocalExecutor:
-    """This machine: ``num_proc`` processes (a fork pool per map), or inline when ``num_proc == 1``."""
+    """This machine: ``num_proc`` processes (a fork pool per map), or inline when ``num_proc == 1``.
+    A worker that dies stops the step with :class:`WorkerLost` (``concurrent.futures`` notices
+    it, where ``multiprocessing.Pool`` would wait forever); the rerun keeps the finished partitions."""
 
     name = "local"
 
@@ -120,7 +127,26 @@ class LocalExecutor:
 
     def map(self, fn: Callable, items: Iterable, *, init: Callable | None = None, init_args: tuple = ()) -> Iterator:
         """``fn(item)`` for every item, in order."""
-        yield from ordered_map(fn, items, num_proc=self.num_proc, init=init, init_args=init_args, prefetch=2)
+        if self.num_proc <= 1:
+            yield from ordered_map(fn, items, num_proc=1, init=init, init_args=init_args)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        it = iter(items)
+        with ProcessPoolExecutor(self.num_proc, mp_context=_mp_context(), initializer=_ensure_init,
+                                 initargs=("local", init, init_args)) as pool:
+            pending = [pool.submit(fn, item) for item in islice(it, 2 * self.num_proc)]
+            while pending:
+                try:
+                    result = pending.pop(0).result()
+                except BrokenProcessPool as exc:
+                    raise WorkerLost(f"a worker process died ({exc}); rerun to resume from the finished "
+                                     "partitions") from None
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fn, nxt))
+                yield result
 
     def close(self) -> None:
         pass
