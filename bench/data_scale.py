@@ -119,12 +119,18 @@ def child(spec: dict) -> None:
         import ray
 
         ray.init(num_cpus=spec["workers"], include_dashboard=False, log_to_driver=False)
+    import resource
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
     cfg = load_config(DataPipelineConfig, data=data)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     report = run_pipeline(cfg, log=lambda _m: None)
-    wall = time.perf_counter() - t0
+    wall, cpu_s = time.perf_counter() - t0, cpu() - c0
     dedup = json.loads((Path(spec["out"]) / "dedup" / "stats.json").read_text())["extra"]
-    print(json.dumps({"seconds": {s: v["seconds"] for s, v in report["steps"].items()}, "wall": wall,
+    print(json.dumps({"seconds": {s: v["seconds"] for s, v in report["steps"].items()}, "wall": wall, "cpu": cpu_s,
                       "memory": {s: v.get("memory") for s, v in report["steps"].items()},
                       "total": report["total"], "dedup": {k: dedup.get(k) for k in
                                                           ("docs", "buckets", "exact_dups", "near_dups",
@@ -185,14 +191,17 @@ def main() -> None:
 def projection(table: list[dict], mb: dict, tb_mb: float = 1e6, cores_per_node: int = 64) -> dict:
     """Nodes and hours for 1 TB of text from the largest scale's measured rates: the per-core rate
     of the distributed steps (clean + lang + filter + dedup, one worker), the 2-worker efficiency
-    of the Ray executor, and the driver's sequential read (ingest)."""
+    of the Ray executor, and the driver's sequential read (ingest). On a loaded machine the wall-clock
+    per-core rate understates a dedicated core; MB per CPU-second of the inline run is given beside it."""
     top = max(r["scale"] for r in table)
     row = {r["variant"]: r for r in table if r["scale"] == top}
     work = {v: sum(r["seconds"][s] for s in STEPS) for v, r in row.items()}
     per_core = mb[top] / work["local_1"]
     eff = min(1.0, work["ray_1"] / work["ray_2"] / 2)
     ingest = mb[top] / max(row["local_1"]["seconds"]["ingest"], 1e-9)
+    cpu = row["local_1"].get("cpu_seconds_this_process")  # local_1 runs inline: all its work is this process's
     out = {"per_core_mb_per_s": round(per_core, 3), "ray_2_worker_efficiency": round(eff, 3),
+           "per_cpu_second_mb_all_steps_incl_ingest": round(mb[top] / cpu, 3) if cpu else None,
            "driver_ingest_mb_per_s": round(ingest, 2), "core_hours_per_tb": round(tb_mb / per_core / 3600, 1),
            "driver_ingest_hours_per_tb": round(tb_mb / ingest / 3600, 1)}
     out["hours_per_tb"] = {f"{n}_nodes_x_{cores_per_node}_cores": round(tb_mb / (per_core * cores_per_node * n * eff)
@@ -208,7 +217,7 @@ def summarize(runs: dict, scales: list[int], base_docs: int, mb: dict, args) -> 
         for name, rs in runs[scale].items():
             r = rs[-1]
             dedup_mem = r["memory"]["dedup"]
-            row = {"scale": scale, "variant": name, "docs": base_docs * scale,
+            row = {"scale": scale, "variant": name, "docs": base_docs * scale, "cpu_seconds_this_process": r.get("cpu"),
                    "seconds": {s: round(r["seconds"][s], 2) for s in ("ingest", *STEPS)},
                    "dedup_buckets": r["dedup"]["buckets"], "kept": r["total"]["kept"],
                    "removed": r["total"]["removed"],

@@ -3,8 +3,10 @@ step's temporary directory); the runner publishes it. Steps that pass documents 
 ``docs.jsonl[.gz]``; every step keeps a :class:`~.report.Ledger` of what it took in, kept and
 removed (``rejects.jsonl``).
 
-Per-document steps (clean, lang, filter) run their work in ``num_proc`` processes on chunks of
-lines, in order, and the parent writes: the output is the same for any process count.
+Per-document steps (clean, lang, filter) and the stages of dedup run as partition tasks on the
+run's executor (``num_proc`` local processes or Ray, :mod:`.executor`); each task writes its own
+files and the driver joins them in partition order, so the output is the same for any executor,
+worker count and partition size, and a killed step resumes from its finished partitions.
 """
 
 from __future__ import annotations
