@@ -16,7 +16,7 @@ from _pipeline_support import EXACT_DUP, NEAR_DUP_EN, NEAR_DUP_ZH, fixture_confi
 from patentgpt.data.pipeline.executor import FAULT_DIR_ENV
 from patentgpt.data.pipeline.runner import run_pipeline
 
-STEPS = ("clean", "lang", "filter", "dedup")
+STEPS = ("ingest", "clean", "lang", "filter", "dedup")
 FILES = ("docs.jsonl", "rejects.jsonl", "dedup_clusters.jsonl")
 TESTS = Path(__file__).resolve().parent
 
@@ -66,7 +66,7 @@ def test_ray_and_local_executors_write_identical_bytes_and_counts(local_run, loc
     ray_report = run_pipeline(fixture_config(ray_out, executor="ray", partition_docs=4,
                                              dedup={"bucket_docs": 5}), log=quiet)
     assert outputs(out) == outputs(ray_out)
-    assert len(outputs(out)) == 9
+    assert len(outputs(out)) == 11
     assert ray_report["total"] == report["total"] and ray_report["sources"] == report["sources"]
     dedup = ray_report["steps"]["dedup"]["memory"]
     assert dedup["executor"] == "ray" and dedup["workers"] == 2
@@ -183,3 +183,44 @@ def test_a_killed_local_worker_stops_the_step_and_the_rerun_resumes(local_run, f
     report = run_pipeline(cfg, log=lines.append)
     assert report["ran"] == ["dedup"] and any("resuming" in line for line in lines)
     assert outputs(run) == outputs(out)
+
+
+def test_ingest_read_as_parallel_file_tasks_equals_the_sequential_read(local_run, tmp_path):
+    """The pipeline reads a source's files as tasks (one per file, renumbering id-less records); the
+    sequential reader (run_ingest without an executor, as sources with group_by use) gives the same bytes."""
+    from patentgpt.data.pipeline.docstore import JsonlWriter
+    from patentgpt.data.pipeline.ingest import run_ingest
+    from patentgpt.data.pipeline.report import Ledger
+
+    out, report = local_run
+    cfg = fixture_config(tmp_path / "seq")
+    ledger = Ledger(tmp_path / "rejects.jsonl")
+    with JsonlWriter(tmp_path / "docs.jsonl") as writer:
+        extra = run_ingest(cfg, tmp_path, ledger, writer)
+    ledger.close()
+    assert (tmp_path / "docs.jsonl").read_bytes() == (out / "ingest" / "docs.jsonl").read_bytes()
+    assert (tmp_path / "rejects.jsonl").read_bytes() == (out / "ingest" / "rejects.jsonl").read_bytes()
+    stats = json.loads((out / "ingest" / "stats.json").read_text())
+    assert extra["files"] == stats["extra"]["files"] and len(extra["files"]) == 5
+    assert ledger.stats() == stats["ledger"] and ledger.stats()["file_issues"]  # empty.jsonl is reported
+    # records without an id are numbered across the files of their source: tasks renumber them in file order
+    from _pipeline_support import FIX
+
+    law = [json.loads(line) for line in (FIX / "patents_zh.jsonl").read_text(encoding="utf-8").splitlines()]
+    for k in range(3):
+        rows = [{key: v for key, v in r.items() if key != "id"} for r in law[k::3]]
+        (tmp_path / f"law_{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert len(law) >= 6
+    data = {"output_dir": str(tmp_path / "law_run"), "input_root": str(tmp_path), "steps": ["ingest"], "num_proc": 2,
+            "sources": [{"name": "law", "paths": ["law_*.jsonl"], "lang": "zh"}]}
+    from patentgpt.config import load_config
+    from patentgpt.data.pipeline.config import DataPipelineConfig
+
+    law_cfg = load_config(DataPipelineConfig, data=data)
+    run_pipeline(law_cfg, log=quiet)
+    with JsonlWriter(tmp_path / "sequential_read.jsonl") as writer:
+        run_ingest(law_cfg, tmp_path, Ledger(None), writer)
+    seq = (tmp_path / "sequential_read.jsonl").read_bytes()
+    assert seq == (tmp_path / "law_run" / "ingest" / "docs.jsonl").read_bytes()
+    ids = [json.loads(line)["id"] for line in seq.decode().splitlines()]
+    assert ids == [f"law:{n}" for n in range(1, len(law) + 1)] and len(ids) > 3

@@ -162,7 +162,8 @@ def step_ingest(ctx: StepContext) -> None:
     from patentgpt.data.pipeline.ingest import run_ingest
 
     with ctx.docs_writer() as writer:
-        ctx.extra.update(run_ingest(ctx.cfg, ctx.work_dir, ctx.ledger, writer))
+        ctx.extra.update(run_ingest(ctx.cfg, ctx.work_dir, ctx.ledger, writer, executor=ctx.executor,
+                                    parts_dir=ctx.parts_dir))
 
 
 def step_clean(ctx: StepContext) -> None:
