@@ -42,7 +42,8 @@ Every record read is either kept or removed with exactly one reason: ingest reas
 Modules: :mod:`.config` (schema), :mod:`.ingest` (rendering: :mod:`patentgpt.data.render`), :mod:`.clean`,
 :mod:`.langid`, :mod:`.filters`, :mod:`.dedup` (+ :mod:`.minhash`), :mod:`.rewrite`,
 :mod:`.synth`, :mod:`.mixtures`, :mod:`.card`, :mod:`.report`, :mod:`.docstore`
-(intermediate JSONL), :mod:`.parallel` (ordered multiprocess map), :mod:`.steps` (the step
+(intermediate JSONL), :mod:`.parallel` (ordered multiprocess map), :mod:`.executor` (local
+processes or Ray tasks), :mod:`.partitions` (resumable partition tasks), :mod:`.steps` (the step
 functions), :mod:`.runner` (order, resume, report).
 """
 

@@ -238,6 +238,8 @@ class DedupConfig(Section):
     max_bucket_pairs: int = Field(64, ge=2, description="larger LSH buckets link members to one representative")
     seed: int | None = Field(None, description="default: the run seed")
     batch_docs: int = Field(2000, ge=1)
+    bucket_docs: int = Field(500_000, ge=1, description="documents per hash bucket of the sharded exact/LSH "
+                             "stages (buckets = documents / this): bounds each bucket worker's memory")
 
     @model_validator(mode="after")
     def _bands(self):
@@ -303,6 +305,14 @@ class CardConfig(Section):
     bins: int = Field(40, ge=5)
 
 
+# --------------------------------------------------------------------------------------- executor
+class RayConfig(Section):
+    address: str | None = Field(None, description="'auto' (or ray://host:port) joins a running cluster; "
+                                "null starts a local Ray for this command")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (null: all of this machine)")
+    max_retries: int = Field(3, ge=0, description="retries of a task whose worker died")
+
+
 # ------------------------------------------------------------------------------------------- root
 def _synth_rewrite_sections():
     """The synth/rewrite config sections, from their modules; a disabled stand-in when a module is absent."""
@@ -329,6 +339,11 @@ class DataPipelineConfig(Section):
     num_proc: int = Field(1, ge=1, description="worker processes for per-document steps and tokenization")
     seed: int = 1234
     compress: bool = Field(False, description="intermediate documents as docs.jsonl.gz")
+    executor: Literal["local", "ray"] = Field("local", description="local: num_proc processes on this machine; "
+                                              "ray: tasks on a Ray cluster (section ray)")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    partition_docs: int = Field(4096, ge=1, description="documents per task (the unit of resume); outputs do "
+                                "not depend on it")
     steps: list[Literal[STEP_ORDER]] = Field(default_factory=lambda: list(STEP_ORDER), min_length=1)
     sources: list[SourceSpec] = Field(..., min_length=1)
     clean: CleanConfig = Field(default_factory=CleanConfig)

@@ -291,13 +291,44 @@ def _merge_group(docs: list[dict], key) -> dict:
     return first
 
 
-def run_ingest(cfg: DataPipelineConfig, out_dir: Path, ledger: Ledger, writer: JsonlWriter) -> dict:
-    """Read every source into ``writer``; returns per-file statistics."""
+def _file_events(path: Path, fmt: str, src: SourceSpec, cache_dir: str):
+    """Per record of one file: ``(loc, None, doc_parts)`` or ``(loc, (reason, detail), None)``
+    where ``doc_parts`` is ``(meta, body, record)``. Raises OSError for an unreadable file."""
+    for num, record, reason in read_file(path, fmt, src, cache_dir):
+        loc = f"{path}:{num}"
+        if reason is not None:
+            yield loc, (reason, None), None
+            continue
+        try:
+            meta, body = map_record(record, src)
+        except FieldError as exc:
+            yield loc, (exc.reason, exc.detail), None
+            continue
+        yield loc, None, (meta, body, record)
+
+
+def _reject(ledger: Ledger, src: SourceSpec, loc: str, why: tuple) -> None:
+    ledger.reject(src.name, why[0], loc=loc, **({"detail": why[1]} if why[1] is not None else {}))
+
+
+def _empty_doc(doc: dict) -> tuple | None:
+    return ("missing_field", "renders to empty text") if not doc["text"].strip() else None
+
+
+def run_ingest(cfg: DataPipelineConfig, out_dir: Path, ledger: Ledger, writer: JsonlWriter, executor=None,
+               parts_dir: Path | None = None) -> dict:
+    """Read every source into ``writer``; returns per-file statistics. With an ``executor``, the
+    files of a source without ``group_by`` / ``max_records`` are read as parallel tasks, one per
+    file, joined in file order (same bytes as reading them here, one after the other)."""
     files = resolve_files(cfg)
     cache_dir = tempfile.mkdtemp(prefix="hf-cache-", dir=out_dir)
     per_file = []
     try:
-        for src in cfg.sources:
+        for i, src in enumerate(cfg.sources):
+            if executor is not None and src.group_by is None and src.max_records is None:
+                per_file += _ingest_files_parallel(cfg, i, files[src.name], ledger, writer, executor,
+                                                   Path(parts_dir) / f"ingest-{i:03d}")
+                continue
             ordinal = 0
             group: list[dict] = []
             group_key = object()
@@ -321,29 +352,22 @@ def run_ingest(cfg: DataPipelineConfig, out_dir: Path, ledger: Ledger, writer: J
                         ledger.file_issue(src.name, str(path), "empty_file", "0 bytes")
                         per_file.append({"source": src.name, "path": str(path), "records": 0})
                         continue
-                    for num, record, reason in read_file(path, fmt, src, cache_dir):
+                    for loc, why, parts in _file_events(path, fmt, src, cache_dir):
                         if src.max_records is not None and ordinal >= src.max_records:
                             done = True
                             break
                         ordinal += 1
                         n_file += 1
                         bar.update(1)
-                        loc = f"{path}:{num}"
                         ledger.take(src.name)
-                        if reason is not None:
-                            ledger.reject(src.name, reason, loc=loc)
-                            continue
-                        try:
-                            meta, body = map_record(record, src)
-                        except FieldError as exc:
-                            ledger.reject(src.name, exc.reason, loc=loc, detail=exc.detail)
-                            continue
-                        doc = _make_doc(meta, body, src, loc, ordinal)
-                        if not doc["text"].strip():
-                            ledger.reject(src.name, "missing_field", loc=loc, detail="renders to empty text")
+                        if why is None:
+                            doc = _make_doc(parts[0], parts[1], src, loc, ordinal)
+                            why = _empty_doc(doc)
+                        if why is not None:
+                            _reject(ledger, src, loc, why)
                             continue
                         if src.group_by is not None:
-                            key = record.get(src.group_by)
+                            key = parts[2].get(src.group_by)
                             if key != group_key:
                                 flush()
                                 group_key = key
@@ -361,6 +385,82 @@ def run_ingest(cfg: DataPipelineConfig, out_dir: Path, ledger: Ledger, writer: J
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     return {"files": per_file}
+
+
+_INGEST: dict = {}
+
+
+def _init_ingest_task(cfg: DataPipelineConfig) -> None:
+    _INGEST["cfg"] = cfg
+
+
+def ingest_file_task(stage_dir: str, p: int, payload: tuple[int, str]) -> dict:
+    """One file of a source: its documents (ids of records without one numbered within the file;
+    the driver renumbers them), rejects and counts, written under ``stage_dir``."""
+    from patentgpt.data.pipeline.partitions import part_file
+
+    src = _INGEST["cfg"].sources[payload[0]]
+    path = Path(payload[1])
+    fmt = file_format(path, src.format)
+    ledger = Ledger(part_file(stage_dir, p, "rejects.jsonl"))
+    n_file, unnamed = 0, []
+    cache_dir = tempfile.mkdtemp(prefix="hf-cache-", dir=stage_dir)
+    try:
+        with JsonlWriter(part_file(stage_dir, p, "docs.jsonl")) as writer:
+            if path.stat().st_size == 0:
+                ledger.file_issue(src.name, str(path), "empty_file", "0 bytes")
+            else:
+                try:
+                    for loc, why, parts in _file_events(path, fmt, src, cache_dir):
+                        n_file += 1
+                        ledger.take(src.name)
+                        if why is None:
+                            named = bool(parts[0].get("native_id"))
+                            doc = _make_doc(parts[0], parts[1], src, loc, n_file)
+                            why = _empty_doc(doc)
+                        if why is not None:
+                            _reject(ledger, src, loc, why)
+                            continue
+                        if not named:
+                            unnamed.append([writer.count, n_file])
+                        writer.write(doc)
+                        ledger.keep(src.name)
+                except OSError as exc:
+                    ledger.file_issue(src.name, str(path), "unreadable_file", str(exc)[:500])
+                if n_file == 0 and not ledger.file_issues:
+                    ledger.file_issue(src.name, str(path), "empty_file", "no records")
+    finally:
+        ledger.close()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    stat = {"source": src.name, "path": str(path), "records": n_file}
+    if path.stat().st_size:
+        stat["format"] = fmt
+    return {"ledger": ledger.counts(), "file_issues": ledger.file_issues, "unnamed": unnamed, "file": stat}
+
+
+def _ingest_files_parallel(cfg: DataPipelineConfig, i: int, paths: list[Path], ledger: Ledger, writer: JsonlWriter,
+                           executor, stage_dir: Path) -> list[dict]:
+    from patentgpt.data.pipeline.docstore import iter_lines
+    from patentgpt.data.pipeline.partitions import part_file, run_stage
+
+    src = cfg.sources[i]
+    results, _ = run_stage(executor, stage_dir, ((p, (i, str(path))) for p, path in enumerate(paths)),
+                           ingest_file_task, init=_init_ingest_task, init_args=(cfg,), total=len(paths),
+                           desc=f"ingest {src.name}")
+    ordinal = 0
+    for p, res in enumerate(results):
+        unnamed = dict(res["unnamed"])
+        for k, line in enumerate(iter_lines(part_file(stage_dir, p, "docs.jsonl"))):
+            if k in unnamed:
+                doc = json.loads(line)
+                doc["id"] = f"{src.name}:{ordinal + unnamed[k]}"
+                writer.write(doc)
+            else:
+                writer.write_line(line)
+        ordinal += res["file"]["records"]
+        ledger.absorb(res["ledger"], part_file(stage_dir, p, "rejects.jsonl"))
+        ledger.file_issues.extend(res["file_issues"])
+    return [r["file"] for r in results]
 
 
 def input_bytes(cfg: DataPipelineConfig) -> int:

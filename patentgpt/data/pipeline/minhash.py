@@ -182,49 +182,70 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
     return best
 
 
-def lsh_candidates(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None,
-                   max_bucket_pairs: int = 64) -> np.ndarray:
-    """Candidate pairs (i < j, as an (m, 2) int64 array, sorted, unique) sharing a band.
-
-    Buckets larger than ``max_bucket_pairs`` link each member to the bucket's first member only
-    (enough for clustering, and it keeps a bucket of thousands of copies from exploding)."""
-    n = sig.shape[0]
-    idx = np.arange(n) if active is None else np.flatnonzero(active)
-    if len(idx) < 2:
-        return np.zeros((0, 2), np.int64)
-    found = []
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: each band's ``rows`` signature values hashed to one key (seeded by the band)."""
+    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for band in range(bands):
-            block = sig[idx, band * rows:(band + 1) * rows].astype(np.uint64)
-            key = np.full(len(idx), band, dtype=np.uint64)
+            block = sig[:, band * rows:(band + 1) * rows].astype(np.uint64)
+            key = np.full(sig.shape[0], band, dtype=np.uint64)
             for c in range(rows):
                 key = _mix(key * _U64(0x9E3779B97F4A7C15) + block[:, c])
-            order = np.argsort(key, kind="stable")
-            ks = key[order]
-            brk = np.flatnonzero(ks[1:] != ks[:-1]) + 1
-            starts = np.concatenate([[0], brk])
-            stops = np.concatenate([brk, [len(ks)]])
-            sizes = stops - starts
-            multi = np.flatnonzero(sizes > 1)
-            if not len(multi):
-                continue
-            pairs2 = multi[sizes[multi] == 2]  # the common case, vectorized
-            if len(pairs2):
-                a, b = idx[order[starts[pairs2]]], idx[order[starts[pairs2] + 1]]
-                found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-            # bigger buckets: all pairs when small, else the first member linked to the rest
-            for s, e in zip(starts[multi[sizes[multi] > 2]], stops[multi[sizes[multi] > 2]]):
-                members = np.sort(idx[order[s:e]])
-                if len(members) <= max_bucket_pairs:
-                    i, j = np.triu_indices(len(members), 1)
-                    found.append(np.stack([members[i], members[j]], axis=1))
-                else:
-                    found.append(np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1))
+            out[:, band] = key
+    return out
+
+
+def bucket_pairs(band: np.ndarray, key: np.ndarray, ids: np.ndarray, max_bucket_pairs: int = 64) -> np.ndarray:
+    """Candidate pairs (i < j, (m, 2) int64, sorted, unique) of documents ``ids`` sharing a
+    ``(band, key)`` bucket. Buckets larger than ``max_bucket_pairs`` link each member to the
+    bucket's first (lowest id) member only (enough for clustering, and it keeps a bucket of
+    thousands of copies from exploding). Rows may come in any order: the pairs depend only on
+    which ids share which bucket, so any partitioning of the rows by ``(band, key)`` gives the same."""
+    if len(ids) < 2:
+        return np.zeros((0, 2), np.int64)
+    order = np.lexsort((ids, key, band))
+    b, k, i = band[order], key[order], ids[order].astype(np.int64)
+    brk = np.flatnonzero((b[1:] != b[:-1]) | (k[1:] != k[:-1])) + 1
+    starts = np.concatenate([[0], brk])
+    stops = np.concatenate([brk, [len(i)]])
+    sizes = stops - starts
+    found = []
+    two = starts[sizes == 2]  # the common case, vectorized
+    if len(two):
+        found.append(np.stack([i[two], i[two + 1]], axis=1))
+    for s, e in zip(starts[sizes > 2], stops[sizes > 2]):
+        members = i[s:e]
+        if len(members) <= max_bucket_pairs:
+            a, c = np.triu_indices(len(members), 1)
+            found.append(np.stack([members[a], members[c]], axis=1))
+        else:
+            found.append(np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1))
     if not found:
         return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(found).astype(np.int64)
-    code = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return unique_pairs(np.concatenate(found))
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Sorted unique rows of an (m, 2) int64 array of pairs."""
+    if not len(pairs):
+        return np.zeros((0, 2), np.int64)
+    n = int(pairs.max()) + 1
+    code = np.unique(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
     return np.stack([code // n, code % n], axis=1)
+
+
+def lsh_candidates(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None,
+                   max_bucket_pairs: int = 64) -> np.ndarray:
+    """Candidate pairs (i < j, as an (m, 2) int64 array, sorted, unique) sharing a band, among
+    the ``active`` rows of ``sig`` (all of one array in memory; the pipeline's sharded path sends
+    the same band keys through :func:`bucket_pairs` bucket by bucket)."""
+    idx = np.arange(sig.shape[0]) if active is None else np.flatnonzero(active)
+    if len(idx) < 2:
+        return np.zeros((0, 2), np.int64)
+    keys = band_keys(sig[idx], bands, rows)
+    band = np.broadcast_to(np.arange(bands, dtype=np.int64), keys.shape).ravel()
+    ids = np.broadcast_to(idx[:, None], keys.shape).ravel()
+    return bucket_pairs(band, keys.ravel(), ids, max_bucket_pairs)
 
 
 def estimated_jaccard(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -235,25 +256,3 @@ def estimated_jaccard(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         p = pairs[lo: lo + (1 << 16)]
         out[lo: lo + len(p)] = (sig[p[:, 0]] == sig[p[:, 1]]).mean(axis=1)
     return out
-
-
-def connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Component label (the smallest member index) of each of ``n`` nodes."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in pairs.tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
-    return np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)

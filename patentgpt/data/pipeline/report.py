@@ -68,6 +68,22 @@ class Ledger:
         if self._rejects is not None:
             self._rejects.write({"reason": reason, "source": source, "loc": f"{path}:0", "detail": detail})
 
+    def counts(self) -> dict:
+        """The counters (JSON-able), for a partition's ledger to be merged by :meth:`absorb`."""
+        return {"incoming": dict(self.incoming), "kept": dict(self.kept),
+                "removed": {s: dict(c) for s, c in self.removed.items()}}
+
+    def absorb(self, counts: dict, rejects_file: str | Path | None = None) -> None:
+        """Add a partition ledger's :meth:`counts` and append its rejects file (in partition order)."""
+        self.incoming.update(counts["incoming"])
+        self.kept.update(counts["kept"])
+        for source, reasons in counts["removed"].items():
+            self.removed[source].update(reasons)
+        if rejects_file is not None and self._rejects is not None and Path(rejects_file).is_file():
+            with open(rejects_file, encoding="utf-8") as fh:
+                for line in fh:
+                    self._rejects.write_line(line.rstrip("\n"))
+
     def close(self) -> None:
         if self._rejects is not None:
             self._rejects.close()

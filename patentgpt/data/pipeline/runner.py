@@ -29,12 +29,15 @@ from typing import Callable
 
 from patentgpt.config import ConfigError, save_config
 from patentgpt.data.pipeline.config import STEP_ORDER, DataPipelineConfig
+from patentgpt.data.pipeline.executor import make_executor, maxrss_mb
+from patentgpt.data.pipeline.partitions import PARTS
 from patentgpt.data.pipeline.report import Ledger, build_report
 from patentgpt.data.pipeline.steps import LEDGER_STEPS, STEPS, StepContext, latest_docs, ledgers
 from patentgpt.io import atomic_open, atomic_write_json, publish_dir
 
 FORMAT_VERSION = 1
 DONE = "DONE"
+RESUME = "RESUME"
 STATS = "stats.json"
 
 
@@ -140,6 +143,17 @@ def run_pipeline(cfg: DataPipelineConfig, *, force_steps: tuple[str, ...] = (),
     save_config(cfg, out / "config.yaml")
 
     step_stats: dict[str, dict] = {}
+    executor = None  # made when the first step runs (a Ray cluster is joined only when there is work)
+    try:
+        report = _run_steps(cfg, files, out, force_steps, log, step_stats, t_start, executor_box := [])
+    finally:
+        for ex in executor_box:
+            ex.close()
+    return report
+
+
+def _run_steps(cfg, files, out, force_steps, log, step_stats, t_start, executor_box: list) -> dict:
+    executor = None
     upstream_id = _digest({"inputs": {k: [_file_stamp(p) for p in v] for k, v in files.items()}})
     docs_file: Path | None = None
     ran, skipped = [], []
@@ -154,13 +168,17 @@ def run_pipeline(cfg: DataPipelineConfig, *, force_steps: tuple[str, ...] = (),
             log(f"[{step}] done earlier, skipped")
         else:
             tmp = out / f".{step}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            resumed = prepare_work_dir(tmp, {"config": config_hash, "input_id": upstream_id,
+                                             "partition_docs": cfg.partition_docs},
+                                       fresh=step in force_steps)
             ledger = Ledger(tmp / "rejects.jsonl") if step in LEDGER_STEPS else None
+            if executor is None:
+                executor = make_executor(cfg)
+                executor_box.append(executor)
             ctx = StepContext(cfg=cfg, name=step, out_root=out, work_dir=tmp, input_docs=docs_file,
-                              step_stats=step_stats, ledger=ledger)
+                              step_stats=step_stats, ledger=ledger, executor=executor)
             t0 = time.time()
-            log(f"[{step}] running")
+            log(f"[{step}] running" + (f" (resuming: {resumed} finished partitions kept)" if resumed else ""))
             try:
                 STEPS[step](ctx)
             finally:
@@ -173,7 +191,10 @@ def run_pipeline(cfg: DataPipelineConfig, *, force_steps: tuple[str, ...] = (),
                 "ledger": ledger.stats() if ledger is not None and not skipped_step else None,
                 "extra": ctx.extra,
                 "docs": ctx.wrote_docs,
+                "memory": step_memory(ctx.memory, executor),
             }
+            shutil.rmtree(tmp / PARTS, ignore_errors=True)
+            (tmp / RESUME).unlink(missing_ok=True)
             if skipped_step and ledger is not None:
                 (tmp / "rejects.jsonl").unlink(missing_ok=True)
             atomic_write_json(tmp / STATS, stats)
@@ -190,7 +211,8 @@ def run_pipeline(cfg: DataPipelineConfig, *, force_steps: tuple[str, ...] = (),
 
     report = build_report(ledgers(step_stats), [s.name for s in cfg.sources])
     report["steps"] = {s: {"seconds": st["seconds"], **({"skipped": st["extra"]["skipped"]}
-                                                       if st["extra"].get("skipped") else {})}
+                                                       if st["extra"].get("skipped") else {}),
+                           **({"memory": st["memory"]} if st.get("memory") else {})}
                        for s, st in step_stats.items()}
     report["ran"], report["skipped"] = ran, skipped
     if "mixtures" in step_stats:
@@ -205,6 +227,32 @@ def run_pipeline(cfg: DataPipelineConfig, *, force_steps: tuple[str, ...] = (),
     atomic_write_json(out / "report.json", report)
     log(summary_line(cfg, report, time.time() - t_start))
     return report
+
+
+def prepare_work_dir(tmp: Path, fingerprint: dict, fresh: bool) -> int:
+    """Make a step's temporary directory. When a killed earlier attempt of the same step (same
+    config, same input, same partitioning) left one, its finished partitions (``parts/``) are kept
+    and everything else is removed; returns how many partitions were kept."""
+    prev = _read_json(tmp / RESUME)
+    if fresh or prev != fingerprint:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.is_dir():
+        for child in tmp.iterdir():
+            if child.name not in (PARTS, RESUME):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    tmp.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(tmp / RESUME, fingerprint)
+    return sum(1 for _ in (tmp / PARTS).glob("*/*.done.json")) if (tmp / PARTS).is_dir() else 0
+
+
+def step_memory(stages: dict, executor) -> dict:
+    """Peak resident memory of the step: per stage, the largest of its worker tasks; and the driver's."""
+    out = {"executor": getattr(executor, "name", None), "workers": getattr(executor, "workers", None),
+           "driver_peak_rss_mb": maxrss_mb()}
+    if stages:
+        out["stages"] = stages
+        out["worker_peak_rss_mb"] = max(s["peak_rss_mb_max"] for s in stages.values())
+    return out
 
 
 def _step_note(stats: dict) -> str:

@@ -3,8 +3,10 @@ step's temporary directory); the runner publishes it. Steps that pass documents 
 ``docs.jsonl[.gz]``; every step keeps a :class:`~.report.Ledger` of what it took in, kept and
 removed (``rejects.jsonl``).
 
-Per-document steps (clean, lang, filter) run their work in ``num_proc`` processes on chunks of
-lines, in order, and the parent writes: the output is the same for any process count.
+Per-document steps (clean, lang, filter) and the stages of dedup run as partition tasks on the
+run's executor (``num_proc`` local processes or Ray, :mod:`.executor`); each task writes its own
+files and the driver joins them in partition order, so the output is the same for any executor,
+worker count and partition size, and a killed step resumes from its finished partitions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from tqdm.auto import tqdm
 
 from patentgpt.data.pipeline.config import DataPipelineConfig, merged_filters
 from patentgpt.data.pipeline.docstore import DOCS, JsonlWriter, count_lines, docs_path, dumps, iter_docs, iter_lines
-from patentgpt.data.pipeline.parallel import chunked, ordered_map
+from patentgpt.data.pipeline.parallel import chunked
+from patentgpt.data.pipeline.partitions import PARTS, line_partitions, part_file, run_stage
 from patentgpt.data.pipeline.report import Ledger, build_report, nrec
 
 CHUNK_DOCS = 128
@@ -36,6 +39,12 @@ class StepContext:
     ledger: Ledger | None = None
     extra: dict = field(default_factory=dict)
     wrote_docs: bool = False
+    executor: object = None  # LocalExecutor | RayExecutor (executor.make_executor)
+    memory: dict = field(default_factory=dict)  # stage -> peak memory summary (partitions.run_stage)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.work_dir / PARTS
 
     def docs_writer(self) -> JsonlWriter:
         self.wrote_docs = True
@@ -101,33 +110,50 @@ def _process_chunk(lines: list[str]) -> list[tuple]:
     return out
 
 
-def map_docs_step(ctx: StepContext) -> Counter:
-    """Run a per-document step over the input docs; returns its per-document statistic counts."""
+def _map_partition(stage_dir: str, p: int, lines: list[str]) -> dict:
+    """One partition of a per-document step: its kept lines, rejects and counts, written to files."""
+    step = _WORKER["step"]
+    ledger = Ledger(part_file(stage_dir, p, "rejects.jsonl"))
     stats: Counter = Counter()
-    total = count_lines(ctx.input_docs)
-    bar = tqdm(total=total, desc=ctx.name, unit="doc", leave=False)
-    with ctx.docs_writer() as writer:
-        results = ordered_map(_process_chunk, chunked(iter_lines(ctx.input_docs), CHUNK_DOCS),
-                              num_proc=ctx.cfg.num_proc, init=_init_worker, init_args=(ctx.name, ctx.cfg))
-        for chunk in results:
-            for item in chunk:
+    with JsonlWriter(part_file(stage_dir, p, "docs.jsonl")) as writer:
+        for chunk in chunked(lines, CHUNK_DOCS):
+            for item in _process_chunk(chunk):
                 if item[0] == "keep":
                     _, line, source, n, stat = item
-                    ctx.ledger.take(source, n)
-                    ctx.ledger.keep(source, n)
+                    ledger.take(source, n)
+                    ledger.keep(source, n)
                     writer.write_line(line)
                 else:
                     _, doc, reason, detail, stat = item
-                    ctx.ledger.take(doc["source"], nrec(doc))
-                    ctx.ledger.reject_doc(doc, reason, **({"detail": detail} if detail else {}))
-                if ctx.name == "clean":
+                    ledger.take(doc["source"], nrec(doc))
+                    ledger.reject_doc(doc, reason, **({"detail": detail} if detail else {}))
+                if step == "clean":
                     stats["chars_removed"] += stat
-                elif ctx.name == "lang":
+                elif step == "lang":
                     stats[f"{item[2] if item[0] == 'keep' else item[1]['source']}:{stat}"] += 1
                 elif stat == "edited":
                     stats["edited"] += 1
-            bar.update(len(chunk))
-    bar.close()
+    ledger.close()
+    return {"ledger": ledger.counts(), "stats": dict(stats)}
+
+
+def map_docs_step(ctx: StepContext) -> Counter:
+    """Run a per-document step over the input docs, a partition per task on the run's executor;
+    the partitions are joined in order, so the output is the same for any executor and worker count."""
+    stage_dir = ctx.parts_dir / "map"
+    total = count_lines(ctx.input_docs)
+    size = ctx.cfg.partition_docs
+    results, memory = run_stage(ctx.executor, stage_dir, line_partitions(iter_lines(ctx.input_docs), size),
+                                _map_partition, init=_init_worker, init_args=(ctx.name, ctx.cfg),
+                                total=-(-total // size), desc=ctx.name)
+    stats: Counter = Counter()
+    with ctx.docs_writer() as writer:
+        for p, res in enumerate(results):
+            for line in iter_lines(part_file(stage_dir, p, "docs.jsonl")):
+                writer.write_line(line)
+            ctx.ledger.absorb(res["ledger"], part_file(stage_dir, p, "rejects.jsonl"))
+            stats.update(res["stats"])
+    ctx.memory["map"] = memory
     return stats
 
 
@@ -136,7 +162,8 @@ def step_ingest(ctx: StepContext) -> None:
     from patentgpt.data.pipeline.ingest import run_ingest
 
     with ctx.docs_writer() as writer:
-        ctx.extra.update(run_ingest(ctx.cfg, ctx.work_dir, ctx.ledger, writer))
+        ctx.extra.update(run_ingest(ctx.cfg, ctx.work_dir, ctx.ledger, writer, executor=ctx.executor,
+                                    parts_dir=ctx.parts_dir))
 
 
 def step_clean(ctx: StepContext) -> None:
@@ -157,53 +184,54 @@ def step_filter(ctx: StepContext) -> None:
 
 
 def step_dedup(ctx: StepContext) -> None:
-    from patentgpt.data.pipeline.dedup import (chunk_by_chars, decide, describe, init_signer, sign_chunk,
-                                               source_priorities)
+    """Sharded deduplication (:mod:`.dedup`): signatures per partition, exact groups per hash
+    bucket, LSH candidates per band-hash bucket, verification, components over verified pairs;
+    then one streaming pass writes the survivors and rejects the rest naming their survivor."""
+    from patentgpt.data.pipeline import dedup
 
     cfg = ctx.cfg
     seed = cfg.dedup.seed if cfg.dedup.seed is not None else cfg.seed
     t0 = time.perf_counter()
     total = count_lines(ctx.input_docs)
-    bar = tqdm(total=total, desc="dedup signatures", unit="doc", leave=False)
-    batches = []
-    chunk_docs = max(16, min(cfg.dedup.batch_docs, -(-total // (4 * cfg.num_proc)) if total else 16))
-    for batch in ordered_map(sign_chunk, chunk_by_chars(iter_lines(ctx.input_docs), 4_000_000, chunk_docs),
-                             num_proc=cfg.num_proc, init=init_signer,
-                             init_args=(cfg.dedup, seed, source_priorities(cfg))):
-        batches.append(batch)
-        bar.update(len(batch.keys))
-    bar.close()
+    size = cfg.partition_docs
+    buckets = max(1, -(-total // cfg.dedup.bucket_docs))
+    work = ctx.parts_dir
+    parts = ((p, (p * size, lines)) for p, lines in line_partitions(iter_lines(ctx.input_docs), size))
+    res, ctx.memory["sign"] = run_stage(ctx.executor, work / "sign", parts, dedup.sign_partition,
+                                        init=dedup.init_sign_task,
+                                        init_args=(cfg.dedup, seed, dedup.source_priorities(cfg), buckets),
+                                        total=-(-total // size), desc="dedup signatures")
     t_sign = time.perf_counter() - t0
-    result = decide(batches, cfg.dedup)
-    keys = [k for b in batches for k in b.keys]
-    records = [int(n) for b in batches for n in b.nrec]
-    del batches
-    # second pass: write survivors, reject the rest naming their survivor
+    layout = dedup.make_layout(cfg.dedup, [r["docs"] for r in res])
+    result = dedup.decide(layout, cfg.dedup, ctx.executor, work)
+    ctx.memory.update(result.memory)
+    # last pass: stream the documents beside their keys and the (sorted) removal list
+    rm = {int(i): k for k, i in enumerate(result.removed)}
     with ctx.docs_writer() as writer:
-        for i, line in enumerate(iter_lines(ctx.input_docs)):
-            status = int(result.status[i])
-            if status == 0:
-                ctx.ledger.take(keys[i][2], records[i])
-                ctx.ledger.keep(keys[i][2], records[i])
+        keys = (json.loads(k) for p in range(len(res)) for k in iter_lines(work / "sign" / f"{p:05d}.keys.jsonl"))
+        for i, (line, key) in enumerate(zip(iter_lines(ctx.input_docs), keys)):
+            k = rm.get(i)
+            if k is None:
+                ctx.ledger.take(key[2], key[4])
+                ctx.ledger.keep(key[2], key[4])
                 writer.write_line(line)
                 continue
             doc = json.loads(line)
             ctx.ledger.take(doc["source"], nrec(doc))
-            surv = describe(keys, int(result.survivor_of[i]))
-            extra = {"duplicate_of": surv}
-            if status == 2:
-                extra["jaccard"] = round(float(result.jaccard[i]), 4)
-            ctx.ledger.reject_doc(doc, "exact_dup" if status == 1 else "near_dup", **extra)
+            extra = {"duplicate_of": dedup.describe(result.keys, int(result.survivor[k]))}
+            if result.status[k] == 2:
+                extra["jaccard"] = round(float(result.jaccard[k]), 4)
+            ctx.ledger.reject_doc(doc, "exact_dup" if result.status[k] == 1 else "near_dup", **extra)
     with JsonlWriter(ctx.work_dir / "dedup_clusters.jsonl") as fh:
         for k, c in enumerate(result.clusters):
             row = {"cluster": k, "kind": c["kind"], "size": len(c["members"]),
-                   "survivor": describe(keys, c["survivor"]),
-                   "members": [describe(keys, m) for m in c["members"]]}
+                   "survivor": dedup.describe(result.keys, c["survivor"]),
+                   "members": [dedup.describe(result.keys, m) for m in c["members"]]}
             if "jaccard" in c:
                 for m, j in zip(row["members"], c["jaccard"]):
                     m["jaccard"] = j
             fh.write(row)
-    ctx.extra.update(result.stats, seconds_signatures=round(t_sign, 3),
+    ctx.extra.update(result.stats, buckets=buckets, seconds_signatures=round(t_sign, 3),
                      seconds_total=round(time.perf_counter() - t0, 3))
 
 
