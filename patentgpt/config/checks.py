@@ -2,7 +2,7 @@
 
 Each function raises :class:`~patentgpt.config.ConfigError` naming the key, and imports nothing
 heavy, so a bad config exits 2 within a second instead of after DeepSpeed start-up with a
-Hugging Face traceback about repo ids. The pure checks (names, rope type, deepspeed.extra) run in
+Hugging Face traceback about repo ids. The pure checks (names, deepspeed.extra; RoPE in patentgpt/model/rope.py) run in
 the pretraining schema's validator; the filesystem checks (:func:`check_train_paths`) run
 before ``--check`` prints and before training starts.
 """
@@ -45,16 +45,6 @@ def check_output_dir(path: str | os.PathLike, key: str = "run.output_dir") -> Pa
                 raise ConfigError(f"{key}: cannot create or write {str(path)!r}: {p} is not writable")
             break
     return path
-
-
-def check_rope_scaling(rope_scaling: dict | None, key: str = "model.rope_scaling") -> None:
-    if not rope_scaling:
-        return
-    rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
-    if rope_type is None:
-        raise ConfigError(f"{key}.rope_type: missing (one of {', '.join(ROPE_TYPES)})")
-    if rope_type not in ROPE_TYPES:
-        raise ConfigError(f"{key}.rope_type: unknown rope type {rope_type!r} (one of {', '.join(ROPE_TYPES)})")
 
 
 def check_deepspeed_extra(extra: dict[str, Any], *, micro_batch_size: int, grad_accum_steps: int | None,
@@ -122,7 +112,6 @@ def check_hf_model_dir(path: str | None, key: str = "model.init_from") -> Path:
 def check_train_static(cfg) -> None:
     """The checks of a training config (any stage) that need no filesystem (run from its validator)."""
     check_plain_name(cfg.run.name, "run.name")
-    check_rope_scaling(cfg.model.rope_scaling)
     t = cfg.train
     check_deepspeed_extra(cfg.deepspeed.extra, micro_batch_size=t.micro_batch_size, grad_accum_steps=t.grad_accum_steps,
                           global_batch_size=t.global_batch_size, zero_stage=cfg.deepspeed.zero_stage,

@@ -24,6 +24,7 @@ import torch
 from patentgpt.data.shards import ShardError, ShardSet
 
 _CHOICE_BLOCK = 4096
+IGNORE = -100  # label of a token that is not a target
 
 
 @dataclass
@@ -66,9 +67,12 @@ class SourceStream:
         self.index = index
         self.prefix = [bos_id] if bos_id is not None else []
         self.suffix = [eos_id]
+        self._prefix, self._suffix = np.asarray(self.prefix, np.int64), np.asarray(self.suffix, np.int64)
         self.state = SourceState()
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
+        self._cur_key: tuple[int, int] | None = None
+        self._cur_body: np.ndarray | None = None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
@@ -77,21 +81,37 @@ class SourceStream:
             self._perm_epoch = epoch
         return self._perm
 
-    def _framed(self, doc_id: int) -> np.ndarray:
-        body = self.shards.doc(int(doc_id)).astype(np.int64)
-        return np.concatenate([np.asarray(self.prefix, np.int64), body, np.asarray(self.suffix, np.int64)])
+    def _body(self) -> np.ndarray:
+        """The current document's tokens (a view into the shard; cached while the cursor is on it)."""
+        st = self.state
+        key = (st.epoch, st.pos)
+        if self._cur_key != key:
+            self._cur_body = self.shards.doc(int(self._permutation(st.epoch)[st.pos]))
+            self._cur_key = key
+        return self._cur_body
 
-    def take(self, n: int) -> np.ndarray:
+    def take(self, n: int, starts: list[int] | None = None) -> np.ndarray:
+        """The next ``n`` tokens of the stream. The current document is framed lazily (prefix,
+        body, suffix copied piecewise from the shard), so the cost is O(n), not O(document length).
+        With ``starts``, the offsets in the result where a framed document begins are appended."""
         out = np.empty(n, dtype=np.int64)
         filled = 0
         st = self.state
+        pre, suf = self._prefix, self._suffix
         while filled < n:
-            doc = self._framed(self._permutation(st.epoch)[st.pos])
-            chunk = doc[st.offset: st.offset + (n - filled)]
-            out[filled: filled + len(chunk)] = chunk
-            filled += len(chunk)
-            st.offset += len(chunk)
-            if st.offset >= len(doc):
+            body = self._body()
+            total = len(pre) + len(body) + len(suf)
+            if st.offset == 0 and starts is not None:
+                starts.append(filled)
+            end = min(total, st.offset + (n - filled))
+            # copy framed[st.offset:end] region by region: prefix, body, suffix
+            for lo, part in ((0, pre), (len(pre), body), (len(pre) + len(body), suf)):
+                a, b = max(st.offset, lo), min(end, lo + len(part))
+                if a < b:
+                    out[filled + a - st.offset: filled + b - st.offset] = part[a - lo: b - lo]
+            filled += end - st.offset
+            st.offset = end
+            if st.offset >= total:
                 st.offset = 0
                 st.pos += 1
                 if st.pos >= len(self.doc_ids):
@@ -100,12 +120,35 @@ class SourceStream:
         return out
 
 
+def segment_positions(starts, seq_len: int) -> np.ndarray:
+    """``position_ids`` of a packed row: 0, 1, 2, ... restarting at row start and at each ``starts``
+    offset (where a document begins)."""
+    idx = np.arange(seq_len)
+    begin = np.zeros(seq_len, dtype=bool)
+    begin[0] = True
+    begin[np.asarray(starts, dtype=np.int64)] = True
+    return idx - np.maximum.accumulate(np.where(begin, idx, 0))
+
+
+def document_rows(ids: np.ndarray, starts_per_row: list) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, position_ids) of packed rows under document masking: positions restart at each
+    document, and a document's first token is not a target (-100), so no loss term predicts
+    across a document boundary (attention cannot cross it either)."""
+    labels = ids.copy()
+    pos = np.empty_like(ids)
+    for r, starts in enumerate(starts_per_row):
+        pos[r] = segment_positions(starts, ids.shape[1])
+        labels[r, [s for s in starts if s > 0]] = IGNORE
+    return labels, pos
+
+
 class MixtureLoader:
     """Yields, per optimizer step, this rank's micro-batches of a weighted shard mixture."""
 
     def __init__(self, sources: list[tuple[str, ShardSet, float]], *, seq_len: int, micro_batch_size: int,
                  grad_accum_steps: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 eos_id: int, bos_id: int | None = None, train_docs: dict[str, np.ndarray] | None = None):
+                 eos_id: int, bos_id: int | None = None, train_docs: dict[str, np.ndarray] | None = None,
+                 document_masking: bool = False):
         if not sources:
             raise ShardError("no data sources")
         weights = np.asarray([w for _, _, w in sources], dtype=np.float64)
@@ -124,6 +167,8 @@ class MixtureLoader:
         self.seed = seed
         self.seq_index = 0
         self._source_of = SourceChooser(self.probs, seed)
+        self.document_masking = document_masking
+        self._row_starts: list[list[int]] = []  # per row of the last global batch: where documents begin
 
     @property
     def global_batch_size(self) -> int:
@@ -134,9 +179,12 @@ class MixtureLoader:
         g = self.global_batch_size
         seqs = np.empty((g, self.seq_len), dtype=np.int64)
         src = np.empty(g, dtype=np.int64)
+        self._row_starts = []
         for j in range(g):
             s = self._source_of(self.seq_index)
-            seqs[j] = self.streams[s].take(self.seq_len)
+            starts = [] if self.document_masking else None
+            seqs[j] = self.streams[s].take(self.seq_len, starts)
+            self._row_starts.append(starts)
             src[j] = s
             self.seq_index += 1
         return seqs, src
@@ -144,14 +192,22 @@ class MixtureLoader:
     def next_step(self) -> list[dict[str, torch.Tensor]]:
         """This rank's ``grad_accum_steps`` micro-batches of the next global step.
 
-        Micro-step ``m`` of rank ``r`` takes global rows ``[(m*world + r)*micro, +micro)``.
+        Micro-step ``m`` of rank ``r`` takes global rows ``[(m*world + r)*micro, +micro)``. With
+        document masking, batches also carry ``position_ids`` restarting at each document, from which
+        transformers builds a block-diagonal causal mask (sdpa / eager) or varlen attention (flash-attn).
         """
         seqs, _ = self.next_global_batch()
         out = []
         for m in range(self.accum):
             start = (m * self.world + self.rank) * self.micro
-            ids = torch.from_numpy(seqs[start: start + self.micro].copy())
-            out.append({"input_ids": ids, "labels": ids.clone()})
+            ids = seqs[start: start + self.micro].copy()
+            if self.document_masking:
+                labels, pos = document_rows(ids, self._row_starts[start: start + self.micro])
+                out.append({"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                            "position_ids": torch.from_numpy(pos)})
+            else:
+                ids = torch.from_numpy(ids)
+                out.append({"input_ids": ids, "labels": ids.clone()})
         return out
 
     def state_dict(self) -> dict:
@@ -188,9 +244,10 @@ def holdout_split(num_docs: int, fraction: float, seed: int, index: int) -> tupl
 
 
 def pack_documents(docs: list[np.ndarray], seq_len: int, max_sequences: int, *, eos_id: int,
-                   bos_id: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out documents framed (BOS, doc, EOS), cut into at most ``max_sequences`` rows:
-    (input ids, labels); the last row is padded with EOS whose labels are -100 (not counted)."""
+                   bos_id: int | None, document_masking: bool = False) -> dict[str, np.ndarray]:
+    """Held-out documents framed (BOS, doc, EOS), cut into at most ``max_sequences`` rows: columns
+    ``input_ids``, ``labels`` (the last row is padded with EOS whose labels are -100, not counted) and,
+    with ``document_masking``, ``position_ids`` and labels as in training (:func:`document_rows`)."""
     prefix = np.asarray([bos_id] if bos_id is not None else [], np.int64)
     suffix = np.asarray([eos_id], np.int64)
     parts = [np.concatenate([prefix, d.astype(np.int64), suffix]) for d in docs]
@@ -201,4 +258,11 @@ def pack_documents(docs: list[np.ndarray], seq_len: int, max_sequences: int, *, 
     labels = np.full(rows * seq_len, -100, dtype=np.int64)
     ids[: len(stream)] = stream
     labels[: len(stream)] = stream
-    return ids.reshape(rows, seq_len), labels.reshape(rows, seq_len)
+    ids, labels = ids.reshape(rows, seq_len), labels.reshape(rows, seq_len)
+    if not document_masking:
+        return {"input_ids": ids, "labels": labels}
+    begins = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    begins = np.append(begins[begins < len(stream)], len(stream))  # the padding is a segment of its own
+    starts = [[int(b - r * seq_len) for b in begins if r * seq_len <= b < (r + 1) * seq_len] for r in range(rows)]
+    masked, pos = document_rows(ids, starts)
+    return {"input_ids": ids, "labels": np.where(labels == IGNORE, IGNORE, masked), "position_ids": pos}

@@ -6,6 +6,7 @@ import torch
 
 from patentgpt.model.kernels import prepare_kernels
 from patentgpt.model.config import ModelSection
+from patentgpt.model.rope import apply_rope, hf_max_position_embeddings, rope_parameters
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -18,10 +19,6 @@ def hf_config(cfg: ModelSection, vocab_size: int, tokenizer=None):
     """A ``LlamaConfig`` or ``MixtralConfig`` for ``cfg`` (RoPE settings in ``rope_parameters``)."""
     from transformers import LlamaConfig, MixtralConfig
 
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling:
-        rope.update(cfg.rope_scaling)
-        rope["rope_theta"] = cfg.rope_theta
     common = dict(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -29,11 +26,11 @@ def hf_config(cfg: ModelSection, vocab_size: int, tokenizer=None):
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
+        max_position_embeddings=hf_max_position_embeddings(cfg),
         rms_norm_eps=cfg.rms_norm_eps,
         tie_word_embeddings=cfg.tie_word_embeddings,
         initializer_range=cfg.initializer_range,
-        rope_parameters=rope,
+        rope_parameters=rope_parameters(cfg),
     )
     if tokenizer is not None:
         common.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -62,8 +59,12 @@ def build_model(cfg: ModelSection, vocab_size: int, dtype: torch.dtype = torch.f
 
     prepare_kernels(cfg.attn_implementation, cfg.experts_implementation if cfg.arch == "mixtral" else None)
     if cfg.init_from:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(cfg.init_from, trust_remote_code=cfg.trust_remote_code)
+        apply_rope(config, cfg)  # stage 2: the run's RoPE settings replace the export's
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.init_from, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **_kernel_kwargs(cfg))
+            cfg.init_from, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **_kernel_kwargs(cfg))
         if getattr(model.config, "num_local_experts", None):
             model.config.output_router_logits = True
             model.config.router_aux_loss_coef = cfg.router_aux_loss_coef

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from patentgpt.config import Section
+from patentgpt.model.rope import RopeScaling, check_rope
 
 
 class ModelSection(Section):
@@ -19,9 +20,10 @@ class ModelSection(Section):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; default num_heads")
-    max_position_embeddings: int = Field(4096, ge=16)
+    max_position_embeddings: int = Field(4096, ge=16, description="the context length the model is for")
+    # RoPE (patentgpt/model/rope.py): ABF = a higher rope_theta; linear / dynamic / yarn in rope_scaling
     rope_theta: float = Field(10000.0, gt=0)
-    rope_scaling: dict[str, Any] | None = None
+    rope_scaling: RopeScaling | None = None
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
@@ -44,4 +46,5 @@ class ModelSection(Section):
             raise ValueError("model.experts_per_token exceeds model.num_experts")
         if self.arch == "llama" and self.experts_implementation != "eager":
             raise ValueError("model.experts_implementation applies to arch: mixtral only")
+        check_rope(self)
         return self

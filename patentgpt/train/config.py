@@ -47,6 +47,8 @@ class DataSection(Section):
     sources: list[SourceSpec] = Field(..., min_length=1)
     seq_len: int = Field(512, ge=8)
     add_bos: bool = True
+    document_masking: bool = Field(False, description="packed documents do not attend to each other: "
+                                   "position_ids restart at each document, no loss across a boundary")
 
     @model_validator(mode="before")
     @classmethod
@@ -162,7 +164,7 @@ class TrainConfigBase(Section):
     def _check_schedule(self):
         from patentgpt.config.checks import check_train_static
 
-        check_train_static(self)  # run.name, model.rope_scaling, deepspeed.extra
+        check_train_static(self)  # run.name, deepspeed.extra
         if self.optim.warmup_steps >= self.train.max_steps and self.train.max_steps > 1:
             raise ValueError(f"optim.warmup_steps {self.optim.warmup_steps} must be < train.max_steps "
                              f"{self.train.max_steps}")
@@ -175,8 +177,9 @@ class PretrainConfig(TrainConfigBase):
     @model_validator(mode="after")
     def _check(self):
         if self.data.seq_len > self.model.max_position_embeddings:
-            raise ValueError(f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
-                             f"{self.model.max_position_embeddings}")
+            raise ValueError(f"model.max_position_embeddings: {self.model.max_position_embeddings} is below "
+                             f"data.seq_len {self.data.seq_len}; raise it (stage 2: with model.rope_theta or "
+                             f"model.rope_scaling)")
         return self
 
 

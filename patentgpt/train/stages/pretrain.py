@@ -44,10 +44,11 @@ class PretrainStage(CausalLMStage):
             by_lang.setdefault(detect_lang(ctx.tokenizer.decode(doc[:512].tolist())), []).append(doc)
         bos = self.tok_info.bos_id if self.cfg.data.add_bos else None
         for lang, docs in sorted(by_lang.items(), key=lambda kv: str(kv[0])):
-            ids, labels = pack_documents(docs, self.cfg.data.seq_len, ctx.micro * self.cfg.eval.max_batches,
-                                         eos_id=self.tok_info.eos_id, bos_id=bos)
+            columns = pack_documents(docs, self.cfg.data.seq_len, ctx.micro * self.cfg.eval.max_batches,
+                                     eos_id=self.tok_info.eos_id, bos_id=bos,
+                                     document_masking=self.cfg.data.document_masking)
             group = group_name(name, lang, len(by_lang))
-            self.eval_groups[group] = micro_batches({"input_ids": ids, "labels": labels}, ctx.micro)
+            self.eval_groups[group] = micro_batches(columns, ctx.micro)
             self.eval_langs[group] = lang
 
     def build_model(self, ctx):
@@ -62,9 +63,10 @@ class PretrainStage(CausalLMStage):
                                     grad_accum_steps=ctx.accum, world_size=ctx.world, rank=ctx.rank,
                                     seed=cfg.run.seed, eos_id=self.tok_info.eos_id,
                                     bos_id=self.tok_info.bos_id if cfg.data.add_bos else None,
-                                    train_docs=self.train_docs)
+                                    train_docs=self.train_docs, document_masking=cfg.data.document_masking)
         return self.loader
 
     def probe(self):
-        return {"input_ids": self.loader.next_step()[0]["input_ids"][:1]}
+        batch = self.loader.next_step()[0]
+        return {k: v[:1] for k, v in batch.items() if k != "labels"}  # with position_ids under document masking
 
