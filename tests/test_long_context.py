@@ -139,7 +139,7 @@ def test_cli_runs_both_tasks_with_a_rope_override_and_compares(tiny_model_dir, t
               "--buckets", "0,64,128", "--max-docs", "4"]
     assert main(["eval", "long-context", *common, "--out", str(tmp_path / "none")]) == 0
     assert main(["eval", "long-context", *common, "--out", str(tmp_path / "pi1"), "--rope", "linear",
-                 "--factor", "1"]) == 0
+                 "--factor", "1", "--original-length", "128"]) == 0
     assert main(["eval", "long-context", *common, "--out", str(tmp_path / "yarn"), "--rope", "yarn",
                  "--factor", "2", "--original-length", "64"]) == 0
     res = {k: json.loads((tmp_path / k / "long_context.json").read_text()) for k in ("none", "pi1", "yarn")}
@@ -171,6 +171,9 @@ def test_incomplete_rope_override_is_a_config_error(tiny_model_dir, tmp_path, ca
     assert "original_length" in capsys.readouterr().err
     with pytest.raises(ValueError, match="factor"):
         RopeOverride(type="linear")
+    assert main(["eval", "long-context", "--model", str(tiny_model_dir), "--rope", "linear", "--factor", "3",
+                 "--original-length", "64", "--lengths", "128", "--out", str(tmp_path)]) == 2
+    assert "rope.rope_scaling.factor: 3 does not match" in capsys.readouterr().err
     assert main(["eval", "long-context", "--model", str(tiny_model_dir), "--tasks", "nope", "--out",
                  str(tmp_path)]) == 2
     assert "unknown long-context task" in capsys.readouterr().err

@@ -109,14 +109,14 @@ class RopeOverride(Section):
 
     type: Literal["none", "abf", "linear", "yarn", "dynamic"] = "none"
     factor: float | None = Field(None, ge=1.0)
-    original_length: int | None = Field(None, ge=1, description="the length the model was trained at")
+    original_length: int | None = Field(None, ge=16, description="the length the model was trained at")
     rope_theta: float | None = Field(None, gt=0, description="abf: the new base (default: NTK-aware from factor)")
 
     @model_validator(mode="after")
     def _check(self):
         if self.type in ("linear", "yarn", "dynamic") and self.factor is None:
             raise ValueError(f"factor: required by rope type {self.type}")
-        if self.type in ("yarn", "dynamic") and self.original_length is None:
+        if self.type in ("linear", "yarn", "dynamic") and self.original_length is None:
             raise ValueError(f"original_length: required by rope type {self.type} (the training length; "
                              "transformers would silently take max_position_embeddings)")
         if self.type == "abf" and self.rope_theta is None and self.factor is None:
@@ -212,38 +212,45 @@ def read_documents(sources: list[TextSource], fallback: list[TextSource]) -> tup
     return texts, [s.path for s in chosen], skipped
 
 
-def rope_parameters(config, rope: RopeOverride, target_length: int) -> dict:
-    """The ``rope_parameters`` (and max_position_embeddings) of ``config`` with ``rope`` applied."""
+def rope_settings(config, rope: RopeOverride, target_length: int):
+    """``rope`` as the model settings of patentgpt/model/rope.py (validated there, as for training):
+    an object with ``rope_theta``, ``rope_scaling`` and ``max_position_embeddings``."""
+    from types import SimpleNamespace
+
+    from patentgpt.model.rope import RopeScaling, check_rope
+
     base = dict(getattr(config, "rope_parameters", None) or {})
     theta = float(base.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-    if rope.type == "none":
-        return base
     if rope.type == "abf":
-        if rope.rope_theta is not None:
-            new_theta = rope.rope_theta
-        else:  # NTK-aware: the base that keeps the lowest frequency's wavelength scaled by factor
+        if rope.rope_theta is None:  # NTK-aware: the base that stretches the lowest frequency by factor
             dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            new_theta = theta * rope.factor ** (dim / (dim - 2))
-        return {"rope_type": "default", "rope_theta": float(new_theta)}
-    params = {"rope_type": rope.type, "rope_theta": theta, "factor": float(rope.factor)}
-    if rope.type == "yarn":
-        params["original_max_position_embeddings"] = int(rope.original_length)
-    return params
+            theta = theta * rope.factor ** (dim / (dim - 2))
+        else:
+            theta = rope.rope_theta
+        return SimpleNamespace(rope_theta=theta, rope_scaling=None,
+                               max_position_embeddings=max(int(config.max_position_embeddings), target_length))
+    # the factor must match the longest evaluated length / the training length (checked by check_rope)
+    spec = SimpleNamespace(rope_theta=theta, max_position_embeddings=max(target_length, rope.original_length),
+                           rope_scaling=RopeScaling(rope_type=rope.type, factor=rope.factor,
+                                                    original_max_position_embeddings=rope.original_length))
+    try:
+        check_rope(spec, key="rope")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return spec
 
 
 def load_model(model_dir: str | Path, rope: RopeOverride, target_length: int, device: str = "cpu"):
     """The model of ``model_dir`` in eval mode, with ``rope`` applied to its config before loading."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from patentgpt.model.rope import hf_max_position_embeddings, rope_parameters
+
     config = AutoConfig.from_pretrained(model_dir)
     if rope.type != "none":
-        config.rope_parameters = rope_parameters(config, rope, target_length)
-        if rope.type == "dynamic":
-            config.max_position_embeddings = int(rope.original_length)  # dynamic NTK scales beyond this
-        elif rope.type == "yarn":
-            config.max_position_embeddings = int(rope.original_length * rope.factor)
-        else:
-            config.max_position_embeddings = max(int(config.max_position_embeddings), target_length)
+        spec = rope_settings(config, rope, target_length)
+        config.rope_parameters = rope_parameters(spec)
+        config.max_position_embeddings = hf_max_position_embeddings(spec)
         try:
             config.validate_rope()
         except (ValueError, KeyError) as exc:
@@ -420,8 +427,6 @@ def run_position_ppl(task: PositionPplTask, model, tokenizer, batch_size: int) -
         raise ConfigError(f"length: no document of {task.data[0].path} (or its fallback) has {task.length} tokens")
     nll = token_nll(model, windows, batch_size)
     buckets = task.buckets or default_buckets(task.length)
-    if buckets[-1] > task.length:
-        raise ConfigError(f"buckets: last boundary {buckets[-1]} exceeds the window length {task.length}")
     block = max(1, task.length // 64)
     curve = [float(math.exp(nll[:, i:i + block].mean())) for i in range(0, nll.shape[1], block)]
     return {"type": "position_ppl", "data": used, "skipped_records": skipped, "length": task.length,
@@ -522,6 +527,11 @@ def evaluate_long_context(model_dir: str | Path, out: str | Path, *, tasks: list
         else:
             upd = {k: v for k, v in {"length": max(lengths) if lengths else None, "buckets": buckets,
                                      "max_docs": max_docs}.items() if v}
+            length = upd.get("length", spec.length)
+            if not buckets and spec.buckets:  # the task's boundaries, cut at a shorter --lengths
+                upd["buckets"] = [b for b in spec.buckets if b < length] + [length]
+            if (upd.get("buckets") or [0])[-1] > length:
+                raise ConfigError(f"buckets: last boundary {upd['buckets'][-1]} exceeds the window length {length}")
         specs[spec.name] = type(spec).model_validate({**spec.model_dump(), **upd})
     target = max(s.length if s.type == "position_ppl" else max(s.lengths) for s in specs.values())
     model_dir = Path(model_dir)
@@ -644,7 +654,7 @@ def register(sub) -> None:
     p.add_argument("--rope", choices=["none", "abf", "linear", "yarn", "dynamic"],
                    help="RoPE scaling applied at inference")
     p.add_argument("--factor", type=float, help="rope scaling factor (new length / training length)")
-    p.add_argument("--original-length", type=int, help="the length the model was trained at (yarn, dynamic)")
+    p.add_argument("--original-length", type=int, help="the length the model was trained at (linear, yarn, dynamic)")
     p.add_argument("--rope-theta", type=float, help="abf: the new RoPE base")
     p.add_argument("--compare", nargs="+", help="result directories to tabulate side by side (no model runs)")
     p.set_defaults(func=_run)
