@@ -5,8 +5,8 @@
 1. a demo IP tokenizer and the data of configs/data/stage2_demo.yaml (../shared/data: modern
    abstracts and long 19th-century patents; stage 2 up-samples long documents by length);
 2. stage 1 at 256 tokens (configs/pretrain/stage1_demo_256.yaml);
-3. stage 2 at 1024 tokens from the stage-1 export with ABF, PI and YaRN
-   (`patentgpt ablate configs/ablations/stage2_rope.yaml`);
+3. stage 2 at 1024 tokens from the stage-1 export with ABF, PI and YaRN, and a control that
+   continues stage 1 at 256 tokens for the same steps (`patentgpt ablate configs/ablations/stage2_rope.yaml`);
 4. `patentgpt eval long-context` on the held-out full-text USPTO patents: the stage-1 model
    zero-shot at 1024 (no scaling, and ABF / PI / YaRN applied at inference) and each stage-2
    model; then the comparison table and PNG (`--compare`) and the checks of issue #10: every
@@ -83,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             f"run.output_dir={out / 'runs'}"]))
     group = out / "runs" / "stage2-rope"
     variants = ["abf", "pi", "yarn"]
-    if not (args.reuse and all((group / f"stage2-rope-{v}" / "export").is_dir() for v in variants)):
+    if not (args.reuse and all((group / f"stage2-rope-{v}" / "export").is_dir() for v in [*variants, "control"])):
         _phase("4/5 stage 2 at 1024 tokens: ABF, PI, YaRN (patentgpt ablate)", t0)
         # the sweep's paths are the repository-relative defaults; --out elsewhere needs a copy of them
         if out.resolve() != (REPO / "runs/stage2_demo").resolve():
             raise SystemExit("stage2_demo: the ablation file names runs/stage2_demo; run from the repository "
                              "root with the default --out")
+        from patentgpt.train.dist import env_without_rendezvous
+
         rc = subprocess.run([sys.executable, "-m", "patentgpt.cli", "ablate", str(SWEEP.relative_to(REPO))],
-                            cwd=REPO).returncode
+                            cwd=REPO, env=env_without_rendezvous()).returncode  # stage 1 ran in this process
         if rc != 0:
             raise SystemExit(f"stage2_demo: the stage-2 sweep failed (exit {rc})")
     _phase("5/5 long-context evaluation", t0)
@@ -108,16 +110,26 @@ def main(argv: list[str] | None = None) -> int:
                               trials=args.trials, buckets=BUCKETS)
         dirs.append(d)
         labels.append(f"stage 2 {v}")
+    for name in ("none", "pi"):  # stage 1 continued at 256 for the same steps, read at 1024
+        d = ev / f"control-{name}"
+        evaluate_long_context(group / "stage2-rope-control" / "export", d, rope=RopeOverride(**ZERO_SHOT[name]),
+                              lengths=LENGTHS, depths=[0.0, 0.5, 1.0], trials=args.trials, buckets=BUCKETS)
+        dirs.append(d)
+        labels.append(f"control (+same steps at 256), {name} at inference")
     summary = compare(dirs, out / "compare", labels=labels)
     rows = {r["label"]: r for r in summary["rows"]}
     base = rows["stage 1 zero-shot, none at inference"]["ppl"]
     best_stage1_long = min(rows[f"stage 1 zero-shot, {n} at inference"]["ppl"]["256-1024"] for n in ZERO_SHOT)
+    best_control_long = min(rows[f"control (+same steps at 256), {n} at inference"]["ppl"]["256-1024"]
+                            for n in ("none", "pi"))
     checks = {}
     for v in variants:
         p = rows[f"stage 2 {v}"]["ppl"]
-        same = rows[f"stage 1 zero-shot, {v if v != 'pi' else 'pi'} at inference"]["ppl"]
+        same = rows[f"stage 1 zero-shot, {v} at inference"]["ppl"]
         checks[v] = {"ppl_256_1024": p["256-1024"], "beats_stage1_same_scaling": p["256-1024"] < same["256-1024"],
                      "beats_best_stage1": p["256-1024"] < best_stage1_long,
+                     "beats_control": p["256-1024"] < best_control_long,
+                     "long_over_short_ratio": p["256-1024"] / p["0-256"],
                      "ppl_0_256_change_vs_stage1": p["0-256"] / base["0-256"] - 1,
                      "short_within_2pct": p["0-256"] <= 1.02 * base["0-256"]}
     report = {"seconds": round(time.time() - t0, 1), "table": summary["table"], "checks": checks,
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary["table"])
     for v, c in checks.items():
         print(f"stage 2 {v}: 256-1024 ppl {c['ppl_256_1024']:.2f} (beats stage 1 with the same scaling: "
-              f"{c['beats_stage1_same_scaling']}, beats every stage-1 scaling: {c['beats_best_stage1']}); "
+              f"{c['beats_stage1_same_scaling']}, beats every stage-1 scaling: {c['beats_best_stage1']}, beats the "
+              f"256-token control: {c['beats_control']}); "
               f"0-256 ppl {c['ppl_0_256_change_vs_stage1']:+.1%} vs stage 1 (within 2%: {c['short_within_2pct']})")
     print(f"stage-2 demonstration finished in {report['seconds']} s; {out / 'compare' / 'compare.md'}")
     return 0
