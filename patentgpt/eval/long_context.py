@@ -435,10 +435,10 @@ def run_position_ppl(task: PositionPplTask, model, tokenizer, batch_size: int) -
 
 
 # ----------------------------------------------------------------------------------- reports
-def _save_png(fig, path: Path) -> None:
+def _save_png(fig, path: Path, rect: tuple = (0, 0, 1, 1)) -> None:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
@@ -600,7 +600,8 @@ def compare(result_dirs: list[str | Path], out: str | Path, labels: list[str] | 
     table = "\n".join(lines) + "\n"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    height = 4.2 + 0.1 * len(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, height))
     for label, task in series.items():
         block, ppl = task["curve"]["block"], task["curve"]["ppl"]
         axes[0].plot([1 + block * (i + 0.5) for i in range(len(ppl))], ppl, label=label, linewidth=1.2)
@@ -615,9 +616,9 @@ def compare(result_dirs: list[str | Path], out: str | Path, labels: list[str] | 
         axes[1].axhline(next(iter(passkeys.values()))["chance"], color="grey", linestyle="--", label="chance")
         axes[1].set_xscale("log", base=2)
     axes[1].set(xlabel="context length (tokens)", ylabel="accuracy", ylim=(-0.02, 1.02), title="passkey accuracy")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    _save_png(fig, out / "compare.png")
+    handles, names = axes[1].get_legend_handles_labels() if passkeys else axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    _save_png(fig, out / "compare.png", rect=(0, (0.25 + 0.17 * ((len(names) + 2) // 3)) / height, 1, 1))
     summary = {"rows": rows, "buckets": buckets, "lengths": lengths, "table": table}
     atomic_write_json(out / "compare.json", summary)
     atomic_write_text(out / "compare.md", "# Long-context comparison\n\n" + table + "\n![compare](compare.png)\n")
