@@ -5,31 +5,23 @@ and gives exactly the stream the whole-document framing gave."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from patentgpt.data.loader import IGNORE, MixtureLoader, SourceStream, pack_documents, segment_positions
 from patentgpt.data.shards import ShardSet
+from tests.conftest import REPO
 
 
-class ReferenceStream(SourceStream):
-    """The framing ``take`` had before: frame (copy) the whole document for every chunk cut."""
+def _reference_stream():
+    """The framing ``take`` had before (whole document framed per chunk), kept as bench/loader_take.py's baseline."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from loader_take import WholeDocumentTake
 
-    def take(self, n, starts=None):
-        out, filled, st = np.empty(n, dtype=np.int64), 0, self.state
-        while filled < n:
-            doc = np.concatenate([self._prefix, self.shards.doc(int(self._permutation(st.epoch)[st.pos])),
-                                  self._suffix])
-            chunk = doc[st.offset: st.offset + (n - filled)]
-            out[filled: filled + len(chunk)] = chunk
-            filled += len(chunk)
-            st.offset += len(chunk)
-            if st.offset >= len(doc):
-                st.offset, st.pos = 0, st.pos + 1
-                if st.pos >= len(self.doc_ids):
-                    st.pos, st.epoch = 0, st.epoch + 1
-        return out
+    return WholeDocumentTake
 
 
 @pytest.mark.parametrize("bos", [1, None])
@@ -37,7 +29,7 @@ def test_take_equals_whole_document_framing_on_real_shards(demo_shards, bos):
     shards = ShardSet(demo_shards["patents"])
     lengths = shards.doc_lengths()
     assert lengths.max() > 300  # chunks both inside long documents and across many short ones
-    new, ref = SourceStream(shards, 5, 0, 2, bos), ReferenceStream(shards, 5, 0, 2, bos)
+    new, ref = SourceStream(shards, 5, 0, 2, bos), _reference_stream()(shards, 5, 0, 2, bos)
     sizes = np.random.default_rng(0).choice([1, 7, 64, 257, 1024, 5000], size=100_000)
     steps = 0
     while new.state.epoch < 2:  # through two epoch boundaries (new permutations)

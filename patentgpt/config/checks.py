@@ -112,6 +112,9 @@ def check_hf_model_dir(path: str | None, key: str = "model.init_from") -> Path:
 def check_train_static(cfg) -> None:
     """The checks of a training config (any stage) that need no filesystem (run from its validator)."""
     check_plain_name(cfg.run.name, "run.name")
+    from patentgpt.train.sequence_parallel import check_sequence_parallel
+
+    check_sequence_parallel(cfg)
     t = cfg.train
     check_deepspeed_extra(cfg.deepspeed.extra, micro_batch_size=t.micro_batch_size, grad_accum_steps=t.grad_accum_steps,
                           global_batch_size=t.global_batch_size, zero_stage=cfg.deepspeed.zero_stage,

@@ -114,6 +114,8 @@ class DeepSpeedSection(Section):
     offload_optimizer: bool = False
     overlap_comm: bool = True
     extra: dict[str, Any] = Field(default_factory=dict, description="merged into the generated DeepSpeed config")
+    sequence_parallel_size: int = Field(1, ge=1, description="Ulysses sequence parallelism (pretraining): "
+                                        "each sequence split over this many ranks")
 
 
 class CheckpointSection(Section):

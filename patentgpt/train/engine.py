@@ -29,6 +29,9 @@ def deepspeed_config(cfg: TrainConfigBase, micro: int, accum: int, global_batch:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    sp = cfg.deepspeed.sequence_parallel_size
+    if sp > 1:  # each rank runs sp micro-steps (one shard of each of its group's micro-batches) per micro-batch
+        ds.update(sequence_parallel_size=sp, gradient_accumulation_steps=accum * sp)
     return _deep_merge(ds, cfg.deepspeed.extra)
 
 
@@ -55,8 +58,9 @@ def moe_block_type(model):
     return type(base.layers[0].mlp)
 
 
-def make_engine(model, cfg: TrainConfigBase, ds_config: dict):
-    """(engine, optimizer): the model wrapped by DeepSpeed with our skippable AdamW."""
+def make_engine(model, cfg: TrainConfigBase, ds_config: dict, mpu=None):
+    """(engine, optimizer): the model wrapped by DeepSpeed with our skippable AdamW (``mpu``: the
+    sequence-parallel groups, patentgpt/train/sequence_parallel.py)."""
     import deepspeed
 
     from patentgpt.train.optim import SkippableAdamW, param_groups
@@ -71,7 +75,7 @@ def make_engine(model, cfg: TrainConfigBase, ds_config: dict):
     model.config.use_cache = False
     optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     return engine, optimizer
 
 

@@ -90,6 +90,7 @@ class Trainer:
         from patentgpt.train.monitor import Monitor, read_metrics
         from patentgpt.train.plots import plot_loss
         from patentgpt.train.schedule import lr_at
+        from patentgpt.train.sequence_parallel import sequence_parallel
 
         cfg, stage = self.cfg, self.stage
         rank, world, _ = init_distributed()
@@ -121,7 +122,8 @@ class Trainer:
             model = stage.build_model(ctx)
         model.config.architectures = [type(model).__name__]  # what export and the Auto classes load
         ctx.model = model
-        engine, optimizer = make_engine(model, cfg, ds_config)
+        sp = sequence_parallel(cfg, stage, world)  # Ulysses (deepspeed.sequence_parallel_size), else None
+        engine, optimizer = make_engine(model, cfg, ds_config, mpu=sp.register(model, cfg, micro) if sp else None)
         ctx.extras["engine"] = engine
         loader = stage.make_loader(ctx)
         guard = LossGuard(cfg.train.spike_factor, cfg.train.spike_warmup_steps, cfg.train.max_consecutive_bad_steps)
@@ -192,9 +194,11 @@ class Trainer:
             batches = loader.next_step()
             targets = int(all_reduce_sum([float(sum(stage.count_targets(b) for b in batches))])[0])
             items_per_micro = max(targets, 1) / (accum * world)
+            if sp:
+                batches = sp.shard(batches)
             sums: dict[str, float] = {}
             for i, batch in enumerate(batches):
-                loss, stats = stage.micro_step(engine, batch, items_per_micro)
+                loss, stats = (sp or stage).micro_step(engine, batch, items_per_micro)
                 engine.backward(loss)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
