@@ -19,7 +19,6 @@ Writes ``<out>/compare/`` (compare.md, compare.png, compare.json) and ``<out>/st
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -58,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from patentgpt.demo import build_tokenizer
     from patentgpt.eval.long_context import RopeOverride, compare, evaluate_long_context
     from patentgpt.eval.tasks import shared_data_dir
+    from patentgpt.io import atomic_write_json
     from patentgpt.train.config import PretrainConfig
     from patentgpt.train.stages import run_stage
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                      "short_within_2pct": p["0-256"] <= 1.02 * base["0-256"]}
     report = {"seconds": round(time.time() - t0, 1), "table": summary["table"], "checks": checks,
               "compare": str(out / "compare")}
-    (out / "stage2_demo.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "stage2_demo.json", report)
     print(summary["table"])
     for v, c in checks.items():
         print(f"stage 2 {v}: 256-1024 ppl {c['ppl_256_1024']:.2f} (beats stage 1 with the same scaling: "
