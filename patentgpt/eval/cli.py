@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
     p.add_argument("--list", action="store_true", help="list the task files and exit")
     p.set_defaults(func=_run)
+    # `patentgpt eval long-context ...`: passkey and perplexity by position (patentgpt/eval/long_context.py)
+    from patentgpt.eval.long_context import register as register_long_context
+
+    register_long_context(p.add_subparsers(dest="eval_command", metavar="{long-context}", required=False))
 
 
 def resolve_config(args) -> EvalConfig:

@@ -112,8 +112,9 @@ class LoadedTask:
 
 
 # ------------------------------------------------------------------------------------ locating
-# evals/embeddings/ holds the embedding tasks of `patentgpt embed eval` (another schema)
-OTHER_HARNESSES = ("embeddings",)
+# evals/embeddings/ holds the embedding tasks of `patentgpt embed eval`, evals/long_context/ those of
+# `patentgpt eval long-context` (other schemas)
+OTHER_HARNESSES = ("embeddings", "long_context")
 
 
 def task_files(root: Path = EVALS_DIR) -> dict[str, Path]:

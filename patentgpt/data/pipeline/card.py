@@ -50,6 +50,59 @@ def save_histogram(path: Path, values: dict[str, np.ndarray], bins: int, xlabel:
     tmp.replace(path)
 
 
+LENGTH_BINS = (0, 256, 1024, 4096, 16384, 65536)
+
+
+def _bin_label(k: int) -> str:
+    lo = LENGTH_BINS[k]
+    return f">={lo:,}" if k == len(LENGTH_BINS) - 1 else f"{lo:,}-{LENGTH_BINS[k + 1]:,}"
+
+
+def length_distribution(stage_dir: Path) -> dict:
+    """Documents and tokens of a stage's mixture by document length (token bins), as stored and
+    as sampled: each shard set's tokens weighted by its share of the mixture weight."""
+    import yaml
+
+    mix = yaml.safe_load((stage_dir / "mixture.yaml").read_text(encoding="utf-8"))
+    total_w = sum(r["weight"] for r in mix["sources"]) or 1.0
+    n = len(LENGTH_BINS)
+    docs, tokens, sampled = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    for r in mix["sources"]:
+        lens = ShardSet(stage_dir / r["path"]).doc_lengths()
+        k = np.searchsorted(LENGTH_BINS, lens, side="right") - 1
+        d = np.bincount(k, minlength=n)
+        t = np.bincount(k, weights=lens, minlength=n)
+        docs += d
+        tokens += t.astype(np.int64)
+        if lens.sum():
+            sampled += (r["weight"] / total_w) * t / lens.sum()
+    stored = tokens / max(1, tokens.sum())
+    return {"bins": [_bin_label(k) for k in range(n)], "docs": docs.tolist(), "tokens": tokens.tolist(),
+            "stored_share": stored.tolist(), "sampled_share": sampled.tolist()}
+
+
+def save_share_plot(path: Path, dist: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(dist["bins"]))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.bar(x - 0.2, dist["stored_share"], width=0.4, label="stored tokens")
+    ax.bar(x + 0.2, dist["sampled_share"], width=0.4, label="sampled tokens (mixture weights)")
+    ax.set_xticks(x, [f"{b}\n({d} docs)" for b, d in zip(dist["bins"], dist["docs"])], fontsize=7)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("share of tokens")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def build_card(*, name: str, report: dict, step_stats: dict[str, dict], docs_file: Path | None,
                mixtures_dir: Path | None, out_dir: Path, bins: int) -> dict:
     """Write the card into ``out_dir``; returns its JSON content."""
@@ -76,16 +129,26 @@ def build_card(*, name: str, report: dict, step_stats: dict[str, dict], docs_fil
         card["dedup"] = step_stats["dedup"].get("extra", {})
     stages = {}
     mix = step_stats.get("mixtures", {}).get("extra", {}).get("stages", {})
+    card["length_distribution"] = {}
     for stage, sets in mix.items():
         lengths = {}
         for set_name, s in sets.items():
             path = mixtures_dir / stage / set_name if mixtures_dir is not None else None
             if path is not None and (path / "meta.json").is_file():
                 lengths[set_name] = ShardSet(path).doc_lengths()
+            elif path is not None and s.get("buckets"):  # one shard set per length bucket
+                parts = [ShardSet(path / b).doc_lengths() for b in s["buckets"] if (path / b / "meta.json").is_file()]
+                lengths[set_name] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         img = out_dir / f"length_tokens_{stage}.png"
         save_histogram(img, lengths, bins, "tokens", f"Document length in tokens, {stage}")
         card["images"][f"tokens_{stage}"] = img.name
         stages[stage] = sets
+        if mixtures_dir is not None and (mixtures_dir / stage / "mixture.yaml").is_file():
+            dist = length_distribution(mixtures_dir / stage)
+            card["length_distribution"][stage] = dist
+            img = out_dir / f"length_share_{stage}.png"
+            save_share_plot(img, dist, f"Tokens by document length, {stage}: stored vs sampled")
+            card["images"][f"share_{stage}"] = img.name
     card["stages"] = stages
     atomic_write_json(out_dir / "data_card.json", card)
     atomic_write_text(out_dir / "data_card.md", render_markdown(card))
@@ -132,9 +195,28 @@ def render_markdown(card: dict) -> str:
         rows = []
         for name, s in sets.items():
             langs = ", ".join(f"{lang} {v['tokens']:,}" for lang, v in sorted(s["by_lang"].items()))
-            rows.append([name, s["docs"], f"{s['tokens']:,}", s.get("weight", ""), langs])
+            weight = "per length bucket" if s.get("buckets") else s.get("weight", "")
+            rows.append([name, s["docs"], f"{s['tokens']:,}", weight, langs])
         out += [_table(["shard set", "documents", "tokens", "weight", "tokens by language"], rows), ""]
+        aside = [f"{name}: " + ", ".join(f"{r} {n:,}" for r, n in sorted(s["set_aside"].items()))
+                 for name, s in sets.items() if s.get("set_aside")]
+        if aside:
+            out += ["Documents of these sources that the stage does not take, by reason: " + "; ".join(aside), ""]
+        brows = [[f"{name}/{b}", f"{v['min_tokens']:,}" + (f"-{v['max_tokens']:,}" if v["max_tokens"] else "+"),
+                  v["weight"] if v["stored"] else "0 (set aside)", v["docs"], f"{v['tokens']:,}"]
+                 for name, s in sets.items() for b, v in s.get("buckets", {}).items()]
+        if brows:
+            out += ["Length buckets (a token of a bucket is sampled `weight` times as often as one of `len0`):", "",
+                    _table(["bucket", "tokens per document", "weight", "documents", "tokens"], brows), ""]
         img = card["images"].get(f"tokens_{stage}")
         if img:
             out += [f"![{stage} lengths]({img})", ""]
+        dist = card.get("length_distribution", {}).get(stage)
+        if dist:
+            out += ["Length distribution (tokens per document): stored, and as sampled with the mixture weights", "",
+                    _table(["length", "documents", "tokens", "stored share", "sampled share"],
+                           [[b, d, f"{t:,}", f"{st:.1%}", f"{sa:.1%}"] for b, d, t, st, sa in
+                            zip(dist["bins"], dist["docs"], dist["tokens"], dist["stored_share"],
+                                dist["sampled_share"])]), ""]
+            out += [f"![{stage} token share by length]({card['images'][f'share_{stage}']})", ""]
     return "\n".join(out) + "\n"

@@ -252,6 +252,14 @@ class DedupConfig(Section):
 
 
 # --------------------------------------------------------------------------------------- mixtures
+class LengthBucket(Section):
+    """Documents of at least ``min_tokens`` tokens (up to the next bucket) are sampled ``weight``
+    times as often per token as documents below the first bucket; weight 0 sets them aside."""
+
+    min_tokens: int = Field(..., ge=0)
+    weight: float = Field(..., ge=0)
+
+
 class MixtureEntry(Section):
     source: str | list[str] = Field(..., description="pipeline source name(s), or 'synth' for the "
                                     "synthesized chat data")
@@ -261,11 +269,20 @@ class MixtureEntry(Section):
     lang: list[Literal["zh", "en", "other"]] | None = None
     min_chars: int = Field(0, ge=0)
     max_chars: int | None = Field(None, ge=1)
+    length_buckets: list[LengthBucket] | None = Field(
+        None, min_length=1, description="up-sample by token length: [{min_tokens, weight}, ...] (one shard set "
+        "per bucket, mixture weights scaled by the bucket weight; patentgpt/data/pipeline/mixtures.py)")
 
     @model_validator(mode="after")
     def _one(self):
         if (self.weight is None) == (self.epochs is None):
             raise ValueError("give exactly one of weight and epochs")
+        if self.length_buckets is not None:
+            edges = [b.min_tokens for b in self.length_buckets]
+            if any(a >= b for a, b in zip(edges, edges[1:])):
+                raise ValueError(f"length_buckets: min_tokens {edges} must increase")
+            if "synth" in self.source_names:
+                raise ValueError("length_buckets: not for the synthesized chat data (source synth)")
         if isinstance(self.source, list) and self.name is None:
             raise ValueError("a mixture entry over several sources needs a name")
         return self
