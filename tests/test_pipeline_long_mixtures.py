@@ -69,6 +69,8 @@ def test_length_buckets_split_and_up_weight_long_documents(long_run):
     assert rate["len3000"] == pytest.approx(4 * rate["len0"])
     assert rows["historical_ocr_len0"]["weight"] + rows["historical_ocr_len3000"]["weight"] == pytest.approx(2.0)
     assert rows["uspto_fulltext"]["weight"] == 1.0 and rows["historical_ocr_len3000"]["path"] == "historical_ocr/len3000"
+    # the step's record of a bucketed set carries the weight of its bucket rows together
+    assert ocr["weight"] == pytest.approx(2.0) and us["weight"] == 1.0
 
 
 def test_card_shows_the_length_distribution_stored_and_sampled(long_run):

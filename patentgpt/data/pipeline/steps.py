@@ -321,9 +321,9 @@ def step_mixtures(ctx: StepContext) -> None:
             built[entry.set_name] = build_entry(entry, items, stage_dir / entry.set_name, info, mcfg, tok_dir,
                                                 cfg.num_proc, desc=f"tokenize {stage}/{entry.set_name}")
         mixture = write_mixture_yaml(stage_dir, stage, tok_dir, spec.sources, built, spec.description)
-        weights = {r["name"]: r["weight"] for r in mixture["sources"]}
-        for name, b in built.items():
-            b["weight"] = weights.get(name, 0.0)
+        for name, b in built.items():  # a length-bucketed set weighs what its bucket rows weigh together
+            b["weight"] = sum(r["weight"] for r in mixture["sources"]
+                              if r["name"] == name or r["path"].startswith(f"{name}/"))
         stages[stage] = built
     ctx.extra.update(tokenizer=info.name, vocab_size=info.vocab_size, stages=stages)
 
