@@ -160,3 +160,17 @@ def test_training_with_every_control_logs_per_layer_metrics_and_exports_plain_mi
     assert (tmp_path / "ctl" / "expert_load.png").is_file()
     # the export is a plain MixtralForCausalLM; evaluation routes without the training-only bias
     assert summary["export_max_logit_diff"] < 1e-5
+
+
+def test_expert_parallel_size_validated_and_refused_with_the_reason():
+    from patentgpt.config import ConfigError, load_config
+    from patentgpt.train.config import PretrainConfig
+    from tests.conftest import REPO
+
+    moe = REPO / "configs" / "pretrain" / "demo_moe.yaml"
+    assert load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=1"]).deepspeed.expert_parallel_size == 1
+    with pytest.raises(ConfigError, match="expert_parallel_size") as err:
+        load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=2"])
+    assert "FSDP2" in str(err.value) and "deepspeed.moe.layer.MoE" in str(err.value)
+    with pytest.raises(ConfigError, match="expert_parallel_size"):
+        load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=0"])

@@ -101,3 +101,21 @@ def test_pretraining_continues_from_upcycled_checkpoint(tmp_path, dense_dir, dem
     assert summary["export_max_logit_diff"] < 1e-5
     config = json.loads((tmp_path / "up" / "export" / "config.json").read_text())
     assert config["architectures"] == ["MixtralForCausalLM"] and config["num_local_experts"] == 4
+
+
+def test_upcycle_from_key_builds_the_upcycled_model_in_memory(dense_dir):
+    from transformers import AutoModelForCausalLM
+
+    from patentgpt.model.build import build_model
+    from patentgpt.model.config import ModelSection
+    from patentgpt.model.upcycle import max_logit_diff
+
+    cfg = ModelSection(arch="mixtral", upcycle_from=str(dense_dir), num_experts=4, experts_per_token=1,
+                       experts_implementation="grouped_mm", router_aux_loss_coef=0.02)
+    moe = build_model(cfg, vocab_size=0)
+    assert moe.config.num_local_experts == 4 and moe.config.num_experts_per_tok == 1
+    assert moe.config.output_router_logits and moe.config.router_aux_loss_coef == 0.02
+    dense = AutoModelForCausalLM.from_pretrained(dense_dir)
+    assert max_logit_diff(dense, moe, dense.config.vocab_size) < 1e-5
+    with pytest.raises(ValueError, match="upcycle_from"):
+        ModelSection(arch="llama", upcycle_from=str(dense_dir))

@@ -42,6 +42,8 @@ class ModelSection(Section):
     experts_per_token: int = Field(2, ge=1)
     router_aux_loss_coef: float = Field(0.01, ge=0)
     router: RouterSection = Field(default_factory=RouterSection)
+    upcycle_from: str | None = Field(None, description="dense LLaMA directory: start from its upcycled MoE "
+                                     "(experts copied from its FFN; as patentgpt model upcycle, in memory)")
     # Kernels
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "megablocks"] = "eager"
@@ -59,4 +61,6 @@ class ModelSection(Section):
             raise ValueError("model.experts_implementation applies to arch: mixtral only")
         if self.arch == "llama" and self.router != RouterSection():
             raise ValueError("model.router applies to arch: mixtral only")
+        if self.upcycle_from and (self.arch != "mixtral" or self.init_from):
+            raise ValueError("model.upcycle_from needs arch: mixtral and no model.init_from")
         return self

@@ -95,6 +95,25 @@ def upcycle_model(dense, num_experts: int, top_k: int, *, noise: float = 0.0, re
     return moe.eval()
 
 
+def upcycle_dir(cfg, dtype=torch.float32):
+    """``model.upcycle_from``: the upcycled MoE of a dense directory, built in memory for training
+    (``cfg``: a ModelSection; experts, top-k, aux-loss coefficient and experts kernel from it)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise ConfigError("model.upcycle_from: not under ZeRO-3 (parameters are partitioned at construction); run "
+                          "patentgpt model upcycle and set model.init_from to its output")
+    if not (Path(cfg.upcycle_from) / "config.json").is_file():
+        raise ConfigError(f"model.upcycle_from {cfg.upcycle_from}: not a transformers model directory")
+    dense = AutoModelForCausalLM.from_pretrained(cfg.upcycle_from, dtype=torch.float32)
+    moe = upcycle_model(dense, cfg.num_experts, cfg.experts_per_token,
+                        experts_implementation=cfg.experts_implementation)
+    moe.config.output_router_logits = True
+    moe.config.router_aux_loss_coef = cfg.router_aux_loss_coef
+    return moe.train().to(dtype)
+
+
 def _like(weight: torch.Tensor, shape, gen) -> torch.Tensor:
     return torch.randn(shape, generator=gen) * weight.std() + weight.mean()
 
