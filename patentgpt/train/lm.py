@@ -137,11 +137,12 @@ class CausalLMStage(Stage):
             loss, stats = out.loss, {"loss_sum": float(ce) * items_per_micro, "aux_sum": float(aux)}
             z_coef = self.cfg.model.router.z_loss_coef
             logging_step = self._logging_step()
-            if z_coef > 0 or logging_step:
-                z = router_z_loss(out.router_logits) if z_coef > 0 else router_z_loss(
-                    [lg.detach() for lg in out.router_logits])
-                loss = loss + z_coef * z if z_coef > 0 else loss
+            if z_coef > 0:
+                z = router_z_loss(out.router_logits)
+                loss = loss + z_coef * z
                 stats["z_sum"] = float(z.detach())
+            elif logging_step:  # logged, not optimised
+                stats["z_sum"] = float(router_z_loss([lg.detach() for lg in out.router_logits]))
             if logging_step:
                 h = np.asarray(router_entropy(out.router_logits))
                 self._entropy = h if self._entropy is None else self._entropy + h
