@@ -52,6 +52,7 @@ class PlannedRun:
     config: str
     overrides: list[str]
     script: str
+    run_dir: Path | None = None
 
     def command(self, launcher: str) -> str:
         parts = [*shlex.split(launcher), self.script, "--config", self.config]
@@ -93,7 +94,8 @@ def plan(sweep_path: str | Path) -> tuple[Sweep, list[PlannedRun]]:
             except ConfigError as exc:
                 raise ConfigError(f"sweep {sweep_path}, run {name}: {exc}") from None
             rel = config.relative_to(Path.cwd()) if config.is_relative_to(Path.cwd()) else config
-            runs.append(PlannedRun(name, str(rel), overrides, script))
+            runs.append(PlannedRun(name, str(rel), overrides, script,
+                                   Path(base_cfg.run.output_dir) / sweep.group / name))
     return sweep, runs
 
 
@@ -103,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print each run's name and command")
     mode.add_argument("--emit", action="store_true", help="print only the launch commands (for a scheduler)")
+    mode.add_argument("--report", action="store_true", help="only (re)write the comparison table and PNG of "
+                                                            "the runs already finished")
     p.set_defaults(func=_ablate)
 
 
@@ -117,6 +121,8 @@ def _ablate(args) -> int:
             print(f"{r.name}\n  {r.command(sweep.launcher)}")
         print(f"{len(runs)} runs in group {sweep.group}")
         return 0
+    if args.report:
+        return _report(sweep, runs)
     failed = []
     for i, r in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {r.name}", flush=True)
@@ -126,4 +132,17 @@ def _ablate(args) -> int:
         if subprocess.run(cmd).returncode != 0:
             failed.append(r.name)
     print(f"{len(runs) - len(failed)} of {len(runs)} runs finished" + (f"; failed: {failed}" if failed else ""))
+    _report(sweep, runs)
     return 1 if failed else 0
+
+
+def _report(sweep: Sweep, runs: list[PlannedRun]) -> int:
+    """comparison.md / .json / .png of the sweep's runs (patentgpt/ablate_report.py)."""
+    from patentgpt.ablate_report import print_table, write_comparison
+
+    group_dir = runs[0].run_dir.parent if runs else Path(".")
+    if not write_comparison(group_dir, {r.name: r.run_dir for r in runs}):
+        print(f"no finished runs of {sweep.group} to compare under {group_dir}")
+        return 1
+    print_table(group_dir)
+    return 0

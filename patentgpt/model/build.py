@@ -69,6 +69,10 @@ def build_model(cfg: ModelSection, vocab_size: int, dtype: torch.dtype = torch.f
             model.config.output_router_logits = True
             model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
         return model
+    if cfg.upcycle_from:
+        from patentgpt.model.upcycle import upcycle_dir
+
+        return upcycle_dir(cfg, dtype)
     config = hf_config(cfg, vocab_size, tokenizer)
     return AutoModelForCausalLM.from_config(config, dtype=dtype, **_kernel_kwargs(cfg))
 

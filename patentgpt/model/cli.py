@@ -25,6 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "directory); compared by identity (pieces' fingerprint), then size")
     chk.set_defaults(func=_check)
 
+    up = msub.add_parser("upcycle", help="dense LLaMA -> Mixtral MoE whose experts start as copies of the dense FFN")
+    up.add_argument("--model", required=True, help="dense LLaMA model directory (e.g. a pretraining export)")
+    up.add_argument("--experts", type=int, default=8, help="experts per layer (default 8)")
+    up.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
+    up.add_argument("--out", required=True, help="output MixtralForCausalLM directory")
+    up.add_argument("--noise", type=float, default=0.0, help="Gaussian noise on each expert copy, as a fraction "
+                                                             "of the weight's std (default 0: exact copies)")
+    up.add_argument("--reinit-fraction", type=float, default=0.0, help="fraction of each expert's intermediate "
+                                                                       "neurons re-initialised (Drop-Upcycling)")
+    up.add_argument("--router-std", type=float, default=1e-3, help="std of the router's initial weights")
+    up.add_argument("--seed", type=int, default=0)
+    up.set_defaults(func=_upcycle)
+
 
 def _extend(args) -> int:
     from patentgpt.model.extend_vocab import extend_vocab
@@ -41,4 +54,15 @@ def _check(args) -> int:
     res = check_model_dir(args.model, args.tokenizer)
     print(f"ok: model vocab_size {res['model_vocab_size']}, tokenizer {res['tokenizer_size']} pieces "
           f"(fingerprint {res['fingerprint']}); identity: {res['identity']}")
+    return 0
+
+
+def _upcycle(args) -> int:
+    from patentgpt.model.upcycle import upcycle
+
+    report = upcycle(args.model, args.out, args.experts, args.top_k, noise=args.noise,
+                     reinit_fraction=args.reinit_fraction, router_std=args.router_std, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    print(f"upcycled model: {args.out} (max |logit diff| vs dense {report['max_logit_diff']:.2e}); continue "
+          f"pretraining with model.arch: mixtral, model.init_from: {args.out}")
     return 0

@@ -10,6 +10,18 @@ from patentgpt.config import Section
 from patentgpt.model.rope import RopeScaling, check_rope
 
 
+class RouterSection(Section):
+    """Routing controls of a MoE model (``model.router``; see patentgpt/model/routing.py)."""
+
+    z_loss_coef: float = Field(0.0, ge=0, description="router z-loss (ST-MoE): coef x mean logsumexp(logits)^2")
+    jitter: float = Field(0.0, ge=0, lt=1, description="multiplicative U(1-j, 1+j) noise on the router's input, "
+                                                       "training only")
+    bias_update_rate: float = Field(0.0, ge=0, description="auxiliary-loss-free balancing (DeepSeek-V3): per-expert "
+                                    "selection bias moved by rate x sign(mean load - load) each step; 0 = off")
+    dead_expert_steps: int = Field(50, ge=0, description="warn when an expert gets no token for this many "
+                                                         "consecutive steps; 0 = never")
+
+
 class ModelSection(Section):
     arch: Literal["llama", "mixtral"] = "llama"
     init_from: str | None = Field(None, description="HF model directory to continue pretraining from")
@@ -31,9 +43,12 @@ class ModelSection(Section):
     num_experts: int = Field(8, ge=1)
     experts_per_token: int = Field(2, ge=1)
     router_aux_loss_coef: float = Field(0.01, ge=0)
+    router: RouterSection = Field(default_factory=RouterSection)
+    upcycle_from: str | None = Field(None, description="dense LLaMA directory: start from its upcycled MoE "
+                                     "(experts copied from its FFN; as patentgpt model upcycle, in memory)")
     # Kernels
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    experts_implementation: Literal["eager", "grouped_mm", "megablocks"] = "eager"
+    experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "megablocks"] = "eager"
 
     @model_validator(mode="after")
     def _check(self):
@@ -46,5 +61,9 @@ class ModelSection(Section):
             raise ValueError("model.experts_per_token exceeds model.num_experts")
         if self.arch == "llama" and self.experts_implementation != "eager":
             raise ValueError("model.experts_implementation applies to arch: mixtral only")
+        if self.arch == "llama" and self.router != RouterSection():
+            raise ValueError("model.router applies to arch: mixtral only")
+        if self.upcycle_from and (self.arch != "mixtral" or self.init_from):
+            raise ValueError("model.upcycle_from needs arch: mixtral and no model.init_from")
         check_rope(self)
         return self

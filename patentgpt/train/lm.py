@@ -20,16 +20,6 @@ def count_label_targets(labels: torch.Tensor) -> int:
     return int((labels[..., 1:] != IGNORE).sum())
 
 
-def expert_fractions(router_logits, top_k: int, num_experts: int) -> np.ndarray:
-    """[layers, experts] share of routed (token, slot) pairs each expert received."""
-    rows = []
-    for logits in router_logits:
-        idx = torch.topk(logits.detach().float(), top_k, dim=-1).indices.reshape(-1)
-        counts = torch.bincount(idx, minlength=num_experts).double()
-        rows.append((counts / counts.sum()).cpu().numpy())
-    return np.stack(rows)
-
-
 def micro_batches(columns: dict[str, np.ndarray], micro: int) -> list[dict[str, torch.Tensor]]:
     """Rows (``columns``: name -> [rows, seq] array) cut into validation micro-batches of ``micro`` rows."""
     rows = len(next(iter(columns.values())))
@@ -93,8 +83,8 @@ class CausalLMStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self._fractions = None  # this step's expert load, summed over micro-batches
-        self._fractions_total, self._fractions_steps = None, 0
+        self.routing = None  # patentgpt.model.routing.RoutingControl of a MoE model
+        self._entropy = None  # router entropy per layer, on logging steps
         self.eval_groups: dict[str, list[dict]] = {}
         self.eval_langs: dict[str, str | None] = {}
 
@@ -119,7 +109,18 @@ class CausalLMStage(Stage):
         model = build_model(m, self.vocab, dtype=ctx.dtype, tokenizer=ctx.tokenizer)
         check_vocab(model.config.vocab_size, ctx.tokenizer, where=f"model {m.init_from or m.arch}",
                     max_extra_rows=MAX_EXTRA_ROWS if m.init_from else None)
+        if getattr(model.config, "num_local_experts", 0):
+            from patentgpt.model.routing import RoutingControl
+            from patentgpt.train.dist import all_reduce_sum
+
+            self.routing = RoutingControl(model, m.router, world_reduce=all_reduce_sum, verbose=ctx.rank == 0)
+            self._log_every, self._max_steps = self.cfg.logging.every_steps, self.cfg.train.max_steps
         return model
+
+    def _logging_step(self) -> bool:
+        """Whether the step under way is one the core logs (routing metrics are computed only then)."""
+        done = self.routing.steps + 1
+        return done % self._log_every == 0 or done == self._max_steps
 
     def count_targets(self, batch: dict) -> int:
         return count_label_targets(batch["labels"])
@@ -128,12 +129,24 @@ class CausalLMStage(Stage):
         # transformers' loss divides the summed token losses by num_items_in_batch
         out = engine(**batch, num_items_in_batch=items_per_micro, use_cache=False)
         config = engine.module.config
-        if getattr(config, "num_local_experts", 0):
+        if self.routing is not None:
+            from patentgpt.model.routing import router_entropy, router_z_loss
+
             aux = out.aux_loss.detach()
             ce = out.loss.detach() - config.router_aux_loss_coef * aux
-            f = expert_fractions(out.router_logits, config.num_experts_per_tok, config.num_local_experts)
-            self._fractions = f if self._fractions is None else self._fractions + f
-            return out.loss, {"loss_sum": float(ce) * items_per_micro, "aux_sum": float(aux)}
+            loss, stats = out.loss, {"loss_sum": float(ce) * items_per_micro, "aux_sum": float(aux)}
+            z_coef = self.cfg.model.router.z_loss_coef
+            logging_step = self._logging_step()
+            if z_coef > 0:
+                z = router_z_loss(out.router_logits)
+                loss = loss + z_coef * z
+                stats["z_sum"] = float(z.detach())
+            elif logging_step:  # logged, not optimised
+                stats["z_sum"] = float(router_z_loss([lg.detach() for lg in out.router_logits]))
+            if logging_step:
+                h = np.asarray(router_entropy(out.router_logits))
+                self._entropy = h if self._entropy is None else self._entropy + h
+            return loss, stats
         return out.loss, {"loss_sum": float(out.loss.detach()) * items_per_micro}
 
     def step_metrics(self, sums, targets, ctx):
@@ -143,14 +156,16 @@ class CausalLMStage(Stage):
             record["aux_loss"] = sums["aux_sum"] / (ctx.accum * ctx.world)
             record["lm_loss"] = record["loss"]
             record["loss"] = record["lm_loss"] + coef * record["aux_loss"]
-        if self._fractions is not None:
-            fractions = self._fractions / ctx.accum  # this rank's share; ranks see similar loads
-            self._fractions = None
-            self._fractions_total = fractions if self._fractions_total is None else self._fractions_total + fractions
-            self._fractions_steps += 1
-            for layer, row in enumerate(fractions):
-                for e, v in enumerate(row):
-                    record[f"expert_load/layer{layer}/e{e}"] = float(v)
+            if "z_sum" in sums:
+                record["z_loss"] = sums["z_sum"] / (ctx.accum * ctx.world)
+                record["loss"] += self.cfg.model.router.z_loss_coef * record["z_loss"]
+        if self.routing is not None:
+            logging_step = self._logging_step()
+            counts = self.routing.end_step()  # every step: balancing bias, dead-expert warnings
+            if logging_step:
+                entropy = None if self._entropy is None else (self._entropy / ctx.accum).tolist()
+                record.update(self.routing.metrics(counts, entropy))
+                self._entropy = None
         return record
 
     def evaluate(self, engine, ctx):
@@ -159,9 +174,14 @@ class CausalLMStage(Stage):
     def tokens_per_step(self, ctx):
         return ctx.global_batch * self.sequence_length()
 
-    def plots(self, run_dir: Path) -> list[Path]:
-        if not self._fractions_steps:
-            return []
-        from patentgpt.train.plots import plot_expert_load
+    def states(self):
+        return {"routing": self.routing} if self.routing is not None else {}
 
-        return [plot_expert_load(self._fractions_total / self._fractions_steps, run_dir / "expert_load.png")]
+    def plots(self, run_dir: Path) -> list[Path]:
+        if self.routing is None:
+            return []
+        from patentgpt.model.routing import plot_expert_load
+        from patentgpt.train.monitor import read_metrics
+
+        png = plot_expert_load(read_metrics(run_dir), run_dir / "expert_load.png")
+        return [png] if png else []
