@@ -39,6 +39,13 @@ def main() -> None:
     t0 = time.time()
     summary = train(cfg)
     base, tuned = summary["base"], summary["fine_tuned"]
+    dev = None
+    if cfg.recipe == "phrase":   # the dev part is where recipes are compared; test is reported once
+        from patentgpt.embed.extract import Embedder
+        from patentgpt.embed.taskdef import find_tasks, load_task
+        from patentgpt.embed.tasks import run_task
+
+        dev = run_task(load_task(find_tasks([cfg.task])[0], ["eval_part=dev"]), Embedder(cfg.output_dir))["headline"]
     if cfg.recipe == "phrase":
         target, met = "test Pearson >= 0.75", tuned["headline"]["pearson"] >= 0.75
     else:
@@ -47,7 +54,7 @@ def main() -> None:
     result = {"config": args.config, "overrides": args.overrides, "recipe": cfg.recipe, "task": summary["task"],
               "examples": summary["examples"], "train_seconds": summary["train_seconds"],
               "total_seconds": round(time.time() - t0, 1),
-              "zero_shot": base["headline"], "fine_tuned": tuned["headline"],
+              "zero_shot": base["headline"], "fine_tuned": tuned["headline"], "fine_tuned_dev": dev,
               "zero_shot_metrics": base["metrics"], "fine_tuned_metrics": tuned["metrics"],
               "target": target, "met": met}
     print(json.dumps(result, indent=2))

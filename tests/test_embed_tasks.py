@@ -95,3 +95,18 @@ def test_phrase_matching_split_is_anchor_disjoint(shared_data):
     assert all(len(p) == 1 for p in parts.values())
     share = {p: sum(r["part"] == p for r in rows) / len(rows) for p in ("train", "dev", "test")}
     assert 0.6 < share["train"] < 0.8 and 0.1 < share["test"] < 0.3 and share["dev"] > 0.03
+
+
+@pytest.mark.shared_data
+def test_phrase_context_task_keeps_the_split_and_scores_dev_apart(shared_data):
+    plain, ctx = (load_task(find_tasks([n])[0]) for n in ("phrase_matching", "phrase_matching_context"))
+    rows, ctx_rows = (read_pairs(resolve(t.data[0]), t)[0] for t in (plain, ctx))
+    assert [r["part"] for r in rows] == [r["part"] for r in ctx_rows]       # same anchor-disjoint split
+    first = ctx_rows[0]
+    assert first["a"].startswith(rows[0]["a"] + " [SEP] ") and first["a"].split(" [SEP] ")[1] == first["b"].split(" [SEP] ")[1]
+    dev, test = (run_task(load_task(find_tasks(["phrase_matching"])[0], [f"eval_part={p}", "limit=60"]),
+                          RandomEmbedder()) for p in ("dev", "test"))
+    assert dev["metrics"]["pairs"] == test["metrics"]["pairs"] == 60
+    assert dev["metrics"]["pearson"] != test["metrics"]["pearson"]
+    with pytest.raises(ConfigError, match="eval_part"):
+        load_task(find_tasks(["phrase_matching"])[0], ["eval_part=train"])

@@ -49,6 +49,18 @@ def pool(hidden, mask, pooling: str):
     raise ConfigError(f"pooling: unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
 
 
+def pad_batch(rows: list[list[int]], width: int, pad_id: int):
+    """Right-padded (input_ids, attention_mask) int64 tensors of ``rows``."""
+    import torch
+
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = row
+        mask[r, :len(row)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
 def finish(emb: np.ndarray, *, normalize: bool, dim: int | None) -> np.ndarray:
     """Matryoshka truncation to ``dim`` then optional L2 normalisation."""
     if dim is not None:
@@ -139,17 +151,20 @@ class Embedder:
         normalize = self.info.normalize if normalize is None else normalize
         if not texts:
             return np.zeros((0, dim or self.model.config.hidden_size), dtype=np.float32)
-        enc = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
-        order = np.argsort([-len(ids) for ids in enc], kind="stable")
+        # One batched (Rust) tokenizer call without padding; each length-sorted batch is then padded
+        # here in numpy: tokenizer.pad() per batch is a Python loop that cost more than the model.
+        enc = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+        order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
         batches = range(0, len(order), batch_size)
         with torch.inference_mode():
             for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
                 idx = order[start:start + batch_size]
-                feats = self.tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-                hidden = self.model(input_ids=feats["input_ids"],
-                                    attention_mask=feats["attention_mask"]).last_hidden_state
-                out[idx] = pool(hidden, feats["attention_mask"], self.pooling).float().numpy()
+                ids, mask = pad_batch([enc[i] for i in idx], int(lengths[idx].max()), self.tokenizer.pad_token_id)
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                out[idx] = pool(hidden, mask, self.pooling).numpy()
         return finish(out, normalize=normalize, dim=dim)
 
 

@@ -70,6 +70,7 @@ class TaskConfig(Section):
     prefix: str = ""
     markers: bool | None = None      # section markers in the text; default: only for decoder models
     split: SplitSpec = SplitSpec()
+    eval_part: Literal["test", "dev"] = "test"   # scored part: test, or dev for choices (model selection)
     # classification / clustering
     labels: str = "ipc"
     label_chars: int | None = None
@@ -77,6 +78,8 @@ class TaskConfig(Section):
     # retrieval: queries under query_view against documents under view
     query_view: str = "title"
     query_prefix: str = ""
+    qrels: str | None = None         # TREC qrels (qid iter docid rel) over the records of `data`; needs `queries`
+    queries: str | None = None       # TSV (qid<TAB>text) or JSONL (id + query_view); default: held-out records
     domain: DomainSpec | None = None
     bm25: bool = True
     fusion_alpha: float = 0.5
@@ -93,12 +96,17 @@ class TaskConfig(Section):
         parse_view(self.view), parse_view(self.query_view)
         if not self.data:
             raise ValueError("data: name at least one file")
+        if (self.qrels is None) != (self.queries is None):
+            raise ValueError("qrels: a task with judgements names both `qrels` and `queries`")
+        if self.qrels is not None and self.kind != "retrieval":
+            raise ValueError(f"qrels: only retrieval tasks read judgements, this task is {self.kind}")
         if not 0.0 <= self.fusion_alpha <= 1.0:
             raise ValueError("fusion_alpha: must be in [0, 1]")
         return self
 
     def missing(self) -> list[Path]:
-        return [p for p in map(resolve, self.data) if not p.is_file()]
+        files = [*self.data, *(f for f in (self.qrels, self.queries) if f)]
+        return [p for p in map(resolve, files) if not p.is_file()]
 
 
 def load_task(path: str | Path, overrides=()) -> TaskConfig:

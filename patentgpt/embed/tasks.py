@@ -49,16 +49,38 @@ def use_markers(cfg: TaskConfig, embedder) -> bool:
     return cfg.markers if cfg.markers is not None else bool(info and info.decoder)
 
 
+def _judged_queries(cfg: TaskConfig, markers: bool, doc_ids: list[str], rejects: list):
+    """Queries of ``cfg.queries`` judged in ``cfg.qrels``: ([(qid, record)], texts, qrels). Bad lines,
+    judgements of unknown queries or documents, and queries without a relevant document are set aside."""
+    from patentgpt.embed.qrels import read_qrels, read_queries
+
+    pairs, rej = read_queries(resolve(cfg.queries), cfg.query_view, markers)
+    rejects += rej
+    qrels, rej = read_qrels(resolve(cfg.qrels), [q for q, _, _ in pairs], doc_ids)
+    rejects += rej
+    queries, texts = [], []
+    for qid, text, record in pairs:
+        if any(rel > 0 for rel in qrels.get(qid, {}).values()):
+            queries.append((qid, record))
+            texts.append(text)
+        else:
+            rejects.append({"id": qid, "reason": "no_relevant_judgement"})
+    return queries, texts, qrels
+
+
 def run_retrieval(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
     records, rejects = load_records(cfg)
     markers = use_markers(cfg, embedder)
     docs, doc_texts = _texts(records, cfg.view, markers, rejects, f"empty_{cfg.view}")
     doc_ids = [rid for rid, _ in docs]
     parts = {rid: cfg.split.part(rec, rid) for rid, rec in docs}
-    queries, query_texts = _texts([(r, rec) for r, rec in docs if parts[r] == "test"], cfg.query_view,
-                                  markers, rejects, f"empty_{cfg.query_view}")
+    if cfg.qrels:
+        queries, query_texts, qrels = _judged_queries(cfg, markers, doc_ids, rejects)
+    else:  # each held-out record's query_view must find its own view
+        queries, query_texts = _texts([(r, rec) for r, rec in docs if parts[r] == "test"], cfg.query_view,
+                                      markers, rejects, f"empty_{cfg.query_view}")
+        qrels = {q: {q: 1} for q, _ in queries}
     query_ids = [rid for rid, _ in queries]
-    qrels = {q: {q: 1} for q in query_ids}
     d = embedder.encode(doc_texts, prefix=cfg.prefix, normalize=True, desc=f"{cfg.name} docs", **encode_kw)
     q = embedder.encode(query_texts, prefix=cfg.query_prefix, normalize=True, desc=f"{cfg.name} queries", **encode_kw)
     rankings = {"dense": q @ d.T}
@@ -130,7 +152,7 @@ def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
         r, rej = read_pairs(path, cfg)
         rows += r
         rejects += rej
-    test = [r for r in rows if r["part"] == "test"][: cfg.limit]
+    test = [r for r in rows if r["part"] == cfg.eval_part][: cfg.limit]
     texts = sorted({t for r in test for t in (r["a"], r["b"])})
     emb = embedder.encode(texts, prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
     pos = {t: i for i, t in enumerate(texts)}

