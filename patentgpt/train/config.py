@@ -89,6 +89,8 @@ class OptimSection(Section):
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = Field(100, ge=0)
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = Field(
+        "auto", description="AdamW kernel: auto = torch's fused one where the device has it, else foreach")
 
 
 class TrainSection(Section):

@@ -48,13 +48,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum a short list of floats over all ranks (float64 on CPU for gloo, on GPU for nccl)."""
+def all_reduce_sum(values: list) -> list[float]:
+    """Sum a short list of floats or 0-d tensors over all ranks (float64 on CPU for gloo, on GPU for
+    nccl); tensors are read back to the host once, together."""
     import torch
     import torch.distributed as dist
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if not values:
+        return []
+    t = torch.stack([torch.as_tensor(v, device=device).detach().to(torch.float64).reshape(()) for v in values])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()

@@ -70,7 +70,8 @@ def make_engine(model, cfg: TrainConfigBase, ds_config: dict):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                               implementation=cfg.optim.implementation)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer
 

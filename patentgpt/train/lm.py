@@ -131,10 +131,12 @@ class CausalLMStage(Stage):
         if getattr(config, "num_local_experts", 0):
             aux = out.aux_loss.detach()
             ce = out.loss.detach() - config.router_aux_loss_coef * aux
-            f = expert_fractions(out.router_logits, config.num_experts_per_tok, config.num_local_experts)
-            self._fractions = f if self._fractions is None else self._fractions + f
-            return out.loss, {"loss_sum": float(ce) * items_per_micro, "aux_sum": float(aux)}
-        return out.loss, {"loss_sum": float(out.loss.detach()) * items_per_micro}
+            if self.log_step:  # expert load: logging steps only
+                f = expert_fractions(out.router_logits, config.num_experts_per_tok, config.num_local_experts)
+                self._fractions = f if self._fractions is None else self._fractions + f
+            return out.loss, {"loss_sum": ce.double() * items_per_micro, "aux_sum": aux.double()}
+        # statistics stay tensors: the core reads them back once per step, not per micro-batch
+        return out.loss, {"loss_sum": out.loss.detach().double() * items_per_micro}
 
     def step_metrics(self, sums, targets, ctx):
         record = {"loss": sums["loss_sum"] / max(targets, 1)}
