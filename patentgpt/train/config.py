@@ -102,6 +102,8 @@ class TrainSection(Section):
                                      "a later launch resumes, schedule unchanged")
     precision: Literal["bf16", "fp32"] = "bf16"
     activation_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the model (DeepSpeed engine.compile); off by "
+                          "default: see the README's benchmark section for what it gives here")
     grad_clip: float = Field(1.0, ge=0)
     # Loss spikes and non-finite losses
     spike_factor: float = Field(4.0, gt=1, description="skip a step whose loss exceeds factor x running mean")

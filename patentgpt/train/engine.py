@@ -73,7 +73,17 @@ def make_engine(model, cfg: TrainConfigBase, ds_config: dict):
                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                implementation=cfg.optim.implementation)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    skip_lone_allreduce(engine, cfg)
+    if cfg.train.compile:
+        engine.compile()  # in place: parameter names, checkpoints and export are unchanged
     return engine, optimizer
+
+
+def skip_lone_allreduce(engine, cfg: TrainConfigBase) -> None:
+    """One process under ZeRO-0: DeepSpeed's gradient "all-reduce" would flatten every gradient into
+    a buffer, reduce it over a group of one and copy it back, each step, for nothing; turn it off."""
+    if cfg.deepspeed.zero_stage == 0 and engine.dp_world_size == 1:
+        engine.enable_backward_allreduce = False
 
 
 def stage0_grad_norm(engine) -> float:
