@@ -22,6 +22,7 @@ README = REPO / "README.md"
 START, END = "<!-- bench:train:start (bench/report.py --write) -->", "<!-- bench:train:end -->"
 LABELS = {
     "patentgpt": "PatentGPT (`patentgpt pretrain`, DeepSpeed)",
+    "patentgpt_autocast": "PatentGPT, fp32 weights + `train.autocast` (bf16)",
     "trainer_packed": "HF `Trainer`, packed blocks (`group_texts`)",
     "trainer_flatten": "HF `Trainer`, `DataCollatorWithFlattening`",
     "trainer_padded": "HF `Trainer`, padded to the longest",

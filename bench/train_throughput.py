@@ -5,6 +5,7 @@ Same model, same real patent text (documents of varied lengths), same batch shap
 harness's A B C.. / ..C B A order, so machine noise lands on every side):
 
 - ``patentgpt``: ``patentgpt pretrain`` (Trainer.fit on DeepSpeed, packed shards);
+- ``patentgpt_autocast`` (bf16 only): the same with fp32 weights and ``train.autocast`` (bf16 autocast);
 - ``trainer_packed``: ``transformers.Trainer`` on packed blocks (``group_texts``, as transformers' run_clm);
 - ``trainer_flatten``: ``Trainer`` with ``DataCollatorWithFlattening`` (each batch one row, position_ids
   restart per document; sdpa masks across documents from them in transformers v5);
@@ -45,7 +46,7 @@ MODEL = ["model.hidden_size=256", "model.intermediate_size=688", "model.num_laye
          "model.num_kv_heads=8", "model.max_position_embeddings=4096"]
 FILES = ["uspto_fulltext.jsonl", "historical_us_ocr.jsonl", "patentsview_abstracts.jsonl",
          "tfh_annotated_abstracts.jsonl"]
-VARIANTS = ["patentgpt", "trainer_packed", "trainer_flatten", "trainer_padded", "torch_loop"]
+VARIANTS = ["patentgpt", "patentgpt_autocast", "trainer_packed", "trainer_flatten", "trainer_padded", "torch_loop"]
 LR, WARMUP_LR_STEPS = 2e-3, 2
 
 
@@ -73,7 +74,7 @@ def load_texts(limit: int, mix: str) -> tuple[list[str], str]:
     return texts[:limit], "shared patents, uniform sample of all English patent records"
 
 
-def pretrain_config(work: Path, args, precision: str, steps: int, every: int):
+def pretrain_config(work: Path, args, precision: str, steps: int, every: int, autocast: bool = False):
     from patentgpt.config import load_config
     from patentgpt.train.config import PretrainConfig
 
@@ -82,6 +83,7 @@ def pretrain_config(work: Path, args, precision: str, steps: int, every: int):
         f"data.seq_len={args.seq_len}", f"run.output_dir={work / 'runs'}", f"run.name=ours-{os.getpid()}",
         f"train.max_steps={steps}", f"train.micro_batch_size={args.batch}", f"train.global_batch_size={args.batch}",
         f"train.precision={precision}", f"train.compile={str(args.compile).lower()}", f"optim.lr={LR}",
+        f"train.autocast={str(autocast).lower()}",
         f"optim.warmup_steps={WARMUP_LR_STEPS}", f"logging.every_steps={every}", "logging.wandb.mode=disabled",
         "checkpoint.every_steps=100000", "checkpoint.export_at_end=false", "eval.holdout=0",
         "deepspeed.zero_stage=0", f"model.vocab_size={args.vocab}"])
@@ -89,7 +91,7 @@ def pretrain_config(work: Path, args, precision: str, steps: int, every: int):
 
 # -- children: one variant, warm-up then timed steps; the last stdout line is the JSON result ------------
 
-def child_patentgpt(work: Path, args) -> dict:
+def child_patentgpt(work: Path, args, autocast: bool = False) -> dict:
     import shutil
 
     from patentgpt.train.stages import run_stage
@@ -98,7 +100,8 @@ def child_patentgpt(work: Path, args) -> dict:
     every = args.warmup_steps
     if args.steps % every:
         raise SystemExit("--steps must be a multiple of --warmup-steps (the logging interval of our run)")
-    cfg = pretrain_config(work, args, args.precision, args.warmup_steps + args.steps, every)
+    cfg = pretrain_config(work, args, "fp32" if autocast else args.precision, args.warmup_steps + args.steps, every,
+                          autocast=autocast)
     run_stage("pretrain", cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -242,8 +245,8 @@ def run_child(args) -> None:
     os.dup2(2, 1)  # libraries print; only our JSON line goes to stdout
     work = Path(args.work)
     v = args.child
-    out = (child_patentgpt(work, args) if v == "patentgpt" else child_torch_loop(work, args) if v == "torch_loop"
-           else child_trainer(work, args, v.removeprefix("trainer_")))
+    out = (child_patentgpt(work, args, autocast=v == "patentgpt_autocast") if v.startswith("patentgpt")
+           else child_torch_loop(work, args) if v == "torch_loop" else child_trainer(work, args, v.removeprefix("trainer_")))
     sys.stdout.flush()
     os.dup2(real_stdout, 1)
     print(json.dumps(out))
@@ -321,7 +324,8 @@ def main() -> None:
 
         for precision in args.precision:
             peak = run_peak(None, DTYPES[precision])
-            plan = [(args.mix, args.variants)] + [(m, [v for v in ("patentgpt", "trainer_padded")
+            names = [n for n in args.variants if precision == "bf16" or n != "patentgpt_autocast"]
+            plan = [(args.mix, names)] + [(m, [v for v in ("patentgpt", "trainer_padded")
                                                         if v in args.variants]) for m in mixes[1:]]
             for mix, names in plan:
                 if len(names) < 2:

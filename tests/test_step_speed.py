@@ -147,3 +147,14 @@ def test_subprocess_variants_alternate_and_keep_their_records(tmp_path):
     bad = subprocess_variant([sys.executable, "-c", "import sys; sys.exit('broken child')"])
     with pytest.raises(RuntimeError, match="broken child"):
         bad()
+
+
+def test_autocast_needs_fp32_weights_and_reaches_deepspeed(tmp_path, demo_shards, ip_tokenizer_dir):
+    from patentgpt.config import ConfigError
+    from patentgpt.train.engine import deepspeed_config
+
+    with pytest.raises(ConfigError, match="train.autocast"):
+        make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama", ["train.autocast=true", "train.precision=bf16"])
+    cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama", ["train.autocast=true", "train.precision=fp32"])
+    ds = deepspeed_config(cfg, 4, 2, 8)
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not ds["bf16"]["enabled"]

@@ -102,6 +102,8 @@ class TrainSection(Section):
                                      "a later launch resumes, schedule unchanged")
     precision: Literal["bf16", "fp32"] = "bf16"
     activation_checkpointing: bool = False
+    autocast: bool = Field(False, description="with precision fp32: forward and backward under bf16 autocast "
+                           "(DeepSpeed torch_autocast); weights, gradients and AdamW stay fp32")
     compile: bool = Field(False, description="torch.compile the model (DeepSpeed engine.compile); off by "
                           "default: see the README's benchmark section for what it gives here")
     grad_clip: float = Field(1.0, ge=0)
@@ -167,6 +169,8 @@ class TrainConfigBase(Section):
         from patentgpt.config.checks import check_train_static
 
         check_train_static(self)  # run.name, model.rope_scaling, deepspeed.extra
+        if self.train.autocast and self.train.precision != "fp32":
+            raise ValueError("train.autocast: bf16 autocast runs on fp32 weights; set train.precision: fp32")
         if self.optim.warmup_steps >= self.train.max_steps and self.train.max_steps > 1:
             raise ValueError(f"optim.warmup_steps {self.optim.warmup_steps} must be < train.max_steps "
                              f"{self.train.max_steps}")

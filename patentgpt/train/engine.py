@@ -29,6 +29,8 @@ def deepspeed_config(cfg: TrainConfigBase, micro: int, accum: int, global_batch:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if cfg.train.autocast:  # fp32 weights, matmuls in bf16 (DeepSpeed's torch.autocast wrapper)
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return _deep_merge(ds, cfg.deepspeed.extra)
 
 
