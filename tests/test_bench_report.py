@@ -21,6 +21,8 @@ def test_table_has_every_variant_and_ratio_of_the_json():
     for doc in docs:
         for key, run in doc["runs"].items():
             assert key in text
+            if run["baseline"] != "trainer_packed":
+                continue  # a padding-only mix: its own table
             for name, ratio in run["ratio_vs_baseline"].items():
                 assert f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})" in text, (key, name)
             assert f"{run['tokens_per_s']['patentgpt']:.0f}" in text
