@@ -48,7 +48,7 @@ def train_table(docs: list[dict]) -> list[str]:
         return []
     variants = [v for v in LABELS if any(v in r["variants"] for _, r, _ in full)]
     head = "| variant | " + " | ".join(f"{r['precision']} tokens/s | {r['precision']} vs {r['baseline']}"
-                                       for _, r, _ in full) + " | padding |"
+                                       for _, r, _ in full) + " | padding (" + " / ".join(r["precision"] for _, r, _ in full) + ") |"
     lines = [head, "|" + "---|" * (2 * len(full) + 2)]
     for v in variants:
         cells = []
@@ -57,8 +57,8 @@ def train_table(docs: list[dict]) -> list[str]:
                 cells += [f"{r['tokens_per_s'][v]:.0f}", _ratio(r["ratio_vs_baseline"].get(v))]
             else:
                 cells += ["-", "-"]
-        pad = full[0][1]["variants"].get(v, {}).get("padding_fraction")
-        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {'-' if pad is None else f'{pad:.0%}'} |")
+        pads = [r["variants"][v]["padding_fraction"] for _, r, _ in full if v in r["variants"]]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " | " + " / ".join(f"{x:.0%}" for x in pads) + " |")
     lines.append("")
     for key, r, d in full:
         s = d["settings"]
