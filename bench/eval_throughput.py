@@ -4,8 +4,9 @@ logits cache on) on the same model and the same items. Prints JSON only.
 
 Items: the IPQuiz and PatentMatch fixtures scored two ways (option letters; option texts, the
 case where a question's context would otherwise run once per option) and, when ../shared/data is
-present, the patent-bar true/false set. Variants run interleaved (A, B, A, B, ...); the report
-gives per-variant median throughput, the median and spread of the per-pair speed ratio, and
+present, the patent-bar true/false set. Variants run interleaved through bench/harness.py (A B, B A,
+...; first round dropped); the report gives throughput as sum of items over sum of time, the median
+and spread of the per-round speed ratio, and
 checks that both produce identical predictions (and the largest log-likelihood difference).
 
     .venv/bin/python bench/eval_throughput.py [--model HF_DIR] [--repeats 3] [--limit 200]
@@ -16,8 +17,6 @@ Without --model a random LLaMA (hidden 256, 4 layers) with the demo IP tokenizer
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def build_model(tmp: Path) -> Path:
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
     import logging
@@ -99,35 +100,34 @@ def main() -> None:
     variants = {"patentgpt": PatentLM(model, tok, batch_size=args.batch_size),
                 "lm_eval_hf": HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)}
     torch.set_num_threads(torch.get_num_threads())
-    run_once(variants["patentgpt"], tasks, 8)  # warm-up (both share the model)
-    times = {k: [] for k in variants}
+    from harness import compare, emit
+
     results = {}
-    for _ in range(args.repeats):
-        for name, lm in variants.items():  # interleaved: A, B, A, B ...
-            dt, res = run_once(lm, tasks, args.limit)
-            times[name].append(dt)
+
+    def variant(name):
+        def measured():
+            dt, res = run_once(variants[name], tasks, args.limit)
             results[name] = res
-    items = sum(len(e["outcomes"]) for e in results["patentgpt"]["tasks"].values())
+            return sum(len(e["outcomes"]) for e in res["tasks"].values()), dt
+        return measured
+
+    # interleaved (A B, B A, ...), the first round dropped as warm-up
+    res = compare({n: variant(n) for n in variants}, baseline="lm_eval_hf", repeats=args.repeats, warmup=1,
+                  unit="items")
     same_pred = True
     for tname, ours in results["patentgpt"]["tasks"].items():
         theirs = results["lm_eval_hf"]["tasks"][tname]
         same_pred &= [o["pred"] for o in ours["outcomes"]] == [o["pred"] for o in theirs["outcomes"]]
         same_pred &= ours["metrics"] == theirs["metrics"]
-    ratios = [b / a for a, b in zip(times["patentgpt"], times["lm_eval_hf"])]
-    print(json.dumps({
+    emit(res, out=args.out, extra={
+        "benchmark": "eval_throughput",
         "model": str(model_dir) if args.model else "random LLaMA h256 x4 layers, demo tokenizer (2,000 pieces)",
         "tasks": list(results["patentgpt"]["tasks"]),
-        "items": items,
+        "items": sum(len(e["outcomes"]) for e in results["patentgpt"]["tasks"].values()),
         "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "items_per_s": {k: round(items / statistics.median(v), 1) for k, v in times.items()},
-        "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
-        "speedup_median": round(statistics.median(ratios), 3),
-        "speedup_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
         "identical_predictions_and_scores": bool(same_pred),
         "scores": {t: e["metrics"].get("acc") for t, e in results["patentgpt"]["tasks"].items()},
-    }, indent=2))
+    })
 
 
 if __name__ == "__main__":

@@ -108,6 +108,29 @@ def timed(fn: Callable[[], float]) -> Variant:
     return run
 
 
+class subprocess_variant:
+    """A variant run as its own process each time (variants then alternate processes, and none of
+    them inherits another's warm caches, threads or process group). The command's last stdout line is
+    a JSON object holding ``work`` (the key named by ``work``) and ``seconds``, timed by the child
+    itself so start-up stays outside; every parsed object is kept in ``records``."""
+
+    def __init__(self, cmd: list[str], *, work: str = "work", env: dict | None = None, timeout: float = 1800):
+        self.cmd, self.work, self.env, self.timeout = cmd, work, env, timeout
+        self.records: list[dict] = []
+
+    def __call__(self) -> tuple[float, float]:
+        import subprocess
+
+        proc = subprocess.run(self.cmd, capture_output=True, text=True, env=self.env, timeout=self.timeout)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"variant command failed ({proc.returncode}): {' '.join(self.cmd)}\n"
+                               f"{proc.stderr[-3000:]}")
+        record = json.loads(lines[-1])
+        self.records.append(record)
+        return float(record[self.work]), float(record["seconds"])
+
+
 def emit(result: dict, *, extra: dict | None = None, out: str | Path | None = None) -> dict:
     """Print the benchmark's JSON (machine and command included) and optionally write it to `out`."""
     doc = {"command": command(), "machine": machine(), **result, **(extra or {})}

@@ -3,8 +3,9 @@
 1. Generation: the rollout's generation path (``patentgpt.train.stages.ppo.rollout.generate``:
    an explicit GenerationConfig, then the response mask) against transformers' own
    ``model.generate`` with the same sampling settings, on the same model and prompts, same seeds
-   (so both produce the same tokens); interleaved A, B, A, B; ``--repeats`` pairs; generated
-   tokens/s of each, the median ratio and its spread. Target: ratio >= 0.9.
+   (so both produce the same tokens); interleaved through bench/harness.py (A B, B A, ...; the
+   first round dropped); ``--repeats`` rounds; generated tokens/s of each (sum over sum), the
+   median ratio and its spread. Target: ratio >= 0.9.
 2. A PPO run of ``--iterations`` iterations on the training core (actor, critic, frozen
    reference and reward model of the same size, all built fresh), timed per iteration:
    generation, scoring (actor log-probs, reference, reward model, critic) and training (the
@@ -29,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -100,24 +102,25 @@ def bench_generation(actor_dir: Path, prompts: Path, args) -> dict:
                                  top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=pad, eos_token_id=stop)
         return int(ro.response_mask(seq[:, P:], stop).sum())
 
-    rates: dict[str, list[float]] = {"ours": [], "plain": []}
+    from harness import compare
+
     tokens: dict[str, list[int]] = {"ours": [], "plain": []}
-    for r in range(args.repeats + 1):  # the first pair warms up
-        for name, fn in (("ours", ours), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("ours", ours)):
-            torch.manual_seed(100 + r)
+
+    def seeded(name, fn):
+        def run():  # the k-th call of either variant samples with seed 100 + k: the same tokens
+            torch.manual_seed(100 + len(tokens[name]))
             t = time.perf_counter()
             n = fn()
             dt = time.perf_counter() - t
-            if r:
-                rates[name].append(n / dt)
-                tokens[name].append(n)
-    ratios = [a / b for a, b in zip(rates["ours"], rates["plain"])]
-    return {"prompts": len(rows), "prompt_tokens_padded": P, "max_new_tokens": args.max_new_tokens,
-            "ours_tokens_per_sec": statistics.median(rates["ours"]),
-            "plain_generate_tokens_per_sec": statistics.median(rates["plain"]),
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "same_tokens_generated": tokens["ours"] == tokens["plain"], "repeats": args.repeats,
-            "target_ratio>=0.9": statistics.median(ratios) >= 0.9}
+            tokens[name].append(n)
+            return n, dt
+        return run
+
+    res = compare({"ours": seeded("ours", ours), "plain": seeded("plain", plain)}, baseline="plain",
+                  repeats=args.repeats, warmup=1, unit="generated_tokens")
+    ratio = res["ratio_vs_baseline"]["ours"]
+    return {"prompts": len(rows), "prompt_tokens_padded": P, "max_new_tokens": args.max_new_tokens, **res,
+            "same_tokens_generated": tokens["ours"] == tokens["plain"], "target_ratio>=0.9": ratio["median"] >= 0.9}
 
 
 def bench_iterations(work: Path, tok_dir: Path, actor: Path, rm: Path, prompts: Path, args) -> dict:
@@ -162,6 +165,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
 
     real_stdout = os.dup(1)
@@ -181,7 +185,9 @@ def main() -> None:
         out["ppo"] = bench_iterations(work, tok_dir, actor, rm, prompts, args)
     sys.stdout.flush()
     os.dup2(real_stdout, 1)
-    print(json.dumps(out, indent=2))
+    from harness import emit
+
+    emit(out, out=args.out)
 
 
 if __name__ == "__main__":

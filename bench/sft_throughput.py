@@ -7,9 +7,9 @@ with the general alpaca instructions of ../shared/data when present; only conver
 * ``trl_padded``: ``SFTTrainer`` with ``assistant_only_loss=True``, batches padded to their longest;
 * ``trl_packed``: the same with ``packing=True`` (TRL's best-fit-decreasing packing, padding-free).
 
-The variants run interleaved (ours, trl_padded, trl_packed, then again in the next repeat), each a
-short run whose first steps are dropped as warm-up; throughput = sum of assistant (target) tokens
-/ sum of step times. The JSON reports the median and spread of each ratio, and a masking check:
+The variants run interleaved through bench/harness.py (ours, trl_padded, trl_packed, then reversed),
+each a short run whose first steps are dropped as warm-up; throughput = sum of assistant (target)
+tokens / sum of step times. The JSON reports the median and spread of each ratio, and a masking check:
 on one batch, our assistant-only loss and TRL's agree (|diff| <= 1e-5).
 
     python bench/sft_throughput.py [--steps 12] [--repeats 2] [--seq-len 1024] [--batch 8]
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(os.environ.get("PATENTGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -153,6 +152,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--check-only", action="store_true", help="only the masking check (seconds)")
     args = ap.parse_args()
     import torch
@@ -180,32 +180,34 @@ def main() -> None:
     if args.check_only:
         print(json.dumps({"masking_check": masking_check(model_dir, trl_tok, convs, work)}, indent=2))
         return
-    variants = {"ours": lambda n: run_ours(work, n, model_dir, chat_file, args),
-                "trl_padded": lambda n: run_trl(work, n, model_dir, dataset, trl_tok, args, packing=False),
-                "trl_packed": lambda n: run_trl(work, n, model_dir, dataset, trl_tok, args, packing=True)}
-    results: dict[str, list[dict]] = {k: [] for k in variants}
-    for rep in range(args.repeats):
-        order = list(variants) if rep % 2 == 0 else list(reversed(variants))
-        for name in order:
-            print(f"repeat {rep + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
-            results[name].append(variants[name](f"{name}-{rep}"))
+    from harness import compare, emit, spread
 
-    def tps(r):
-        return r["targets"] / r["seconds"]
+    records: dict[str, list[dict]] = {}
 
-    out = {"benchmark": "sft_throughput", "command": " ".join(sys.argv), "data": data_desc,
-           "model": MODEL | {"vocab_size": len(tok)}, "seq_len": args.seq_len, "batch": args.batch,
-           "steps_per_run": args.steps, "warmup_dropped": args.warmup, "repeats": args.repeats,
-           "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-           "useful_tokens_per_sec": {k: [round(tps(r), 1) for r in v] for k, v in results.items()},
+    def variant(name, run):
+        def measured():
+            r = run(f"{name}-{len(records.setdefault(name, []))}")
+            records[name].append(r)
+            return r["targets"], r["seconds"]
+        return measured
+
+    variants = {"ours": variant("ours", lambda n: run_ours(work, n, model_dir, chat_file, args)),
+                "trl_padded": variant("trl_padded", lambda n: run_trl(work, n, model_dir, dataset, trl_tok, args,
+                                                                      packing=False)),
+                "trl_packed": variant("trl_packed", lambda n: run_trl(work, n, model_dir, dataset, trl_tok, args,
+                                                                      packing=True))}
+    # interleaved in one process (ours, trl_padded, trl_packed, then reversed); each run drops its
+    # first --warmup steps itself
+    res = compare(variants, baseline="trl_packed", repeats=args.repeats, warmup=0, unit="target_tokens")
+    padded = [a / b for a, b in zip(res["per_round"]["ours"], res["per_round"]["trl_padded"])]
+    out = {"benchmark": "sft_throughput", "data": data_desc, "model": MODEL | {"vocab_size": len(tok)},
+           "seq_len": args.seq_len, "batch": args.batch, "steps_per_run": args.steps,
+           "warmup_steps_dropped": args.warmup, **res,
+           "ratio_ours_vs_trl_padded": spread(padded),
            "non_target_fraction": {k: round(1 - sum(r["targets"] for r in v) / sum(r["rows_tokens"] for r in v), 3)
-                                         for k, v in results.items()}}
-    for base in ("trl_padded", "trl_packed"):
-        ratios = [tps(a) / tps(b) for a, b in zip(results["ours"], results[base])]
-        out[f"ratio_vs_{base}"] = {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
-                                   "max": round(max(ratios), 3)}
+                                   for k, v in records.items()}}
     out["masking_check"] = masking_check(model_dir, trl_tok, convs, work)
-    print(json.dumps(out, indent=2))
+    emit(out, out=args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED = Path(os.environ.get("PATENTGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -222,6 +223,7 @@ def main() -> int:
     p.add_argument("--big", action="store_true", help="also train on ~1 GB of text (sampled) and time it")
     p.add_argument("--big-gb", type=float, default=1.0)
     p.add_argument("--big-sentences", type=int, default=500_000, help="sentences sampled from the big corpus")
+    p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--work", help="work directory (default: a temporary one)")
     args = p.parse_args()
     if not (PATENTS.is_dir() and LLAMA2.is_file() and CHINESE_SP.is_file()):
@@ -253,7 +255,9 @@ def main() -> int:
         }
         if args.big:
             result["big"] = run_big(work, args)
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    from harness import emit  # not a timing comparison: emit only adds the machine and the command
+
+    emit(result, out=args.out)
     return 0
 
 

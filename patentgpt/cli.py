@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from patentgpt.errors import USER_ERRORS
+    from patentgpt.train.dist import venv_torch_extensions_dir
 
+    venv_torch_extensions_dir()  # before anything launches or imports DeepSpeed
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -14,6 +14,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from patentgpt.train.dist import venv_torch_extensions_dir  # noqa: E402
+
+venv_torch_extensions_dir()  # tests that launch deepspeed (and their ranks) use this venv's op cache
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("PATENTGPT_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -66,6 +66,9 @@ def _export(args) -> int:
 def main(stage: str, argv: list[str] | None = None) -> int:
     """Entry point of ``launch/<stage>.py`` (what ``deepspeed launch/<stage>.py`` runs)."""
     from patentgpt.errors import USER_ERRORS
+    from patentgpt.train.dist import venv_torch_extensions_dir
+
+    venv_torch_extensions_dir()  # each rank the deepspeed launcher starts, before DeepSpeed loads
 
     parser = argparse.ArgumentParser(prog=f"launch/{stage}.py", description=f"PatentGPT {stage}: {HELP[stage]}")
     add_config_args(parser)

@@ -91,6 +91,8 @@ class OptimSection(Section):
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = Field(100, ge=0)
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = Field(
+        "auto", description="AdamW kernel: auto = torch's fused one where the device has it, else foreach")
 
 
 class TrainSection(Section):
@@ -102,6 +104,10 @@ class TrainSection(Section):
                                      "a later launch resumes, schedule unchanged")
     precision: Literal["bf16", "fp32"] = "bf16"
     activation_checkpointing: bool = False
+    autocast: bool = Field(False, description="with precision fp32: forward and backward under bf16 autocast "
+                           "(DeepSpeed torch_autocast); weights, gradients and AdamW stay fp32")
+    compile: bool = Field(False, description="torch.compile the model (DeepSpeed engine.compile); off by "
+                          "default: see the README's benchmark section for what it gives here")
     grad_clip: float = Field(1.0, ge=0)
     # Loss spikes and non-finite losses
     spike_factor: float = Field(4.0, gt=1, description="skip a step whose loss exceeds factor x running mean")
@@ -181,6 +187,8 @@ class TrainConfigBase(Section):
         from patentgpt.config.checks import check_train_static
 
         check_train_static(self)  # run.name, deepspeed.extra
+        if self.train.autocast and self.train.precision != "fp32":
+            raise ValueError("train.autocast: bf16 autocast runs on fp32 weights; set train.precision: fp32")
         if self.optim.warmup_steps >= self.train.max_steps and self.train.max_steps > 1:
             raise ValueError(f"optim.warmup_steps {self.optim.warmup_steps} must be < train.max_steps "
                              f"{self.train.max_steps}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 
 # The rendezvous variables a launcher sets (and init_distributed sets for a plain process).
@@ -17,6 +18,23 @@ def env_without_rendezvous(env: dict | None = None) -> dict:
     return {k: v for k, v in (os.environ if env is None else env).items() if k not in RENDEZVOUS_ENV}
 
 
+def venv_torch_extensions_dir(env: dict | None = None) -> str | None:
+    """Point ``TORCH_EXTENSIONS_DIR`` at ``<venv>/torch_extensions`` unless the user set it.
+
+    DeepSpeed JIT-builds its CPU shm comm op into torch's extension cache, by default one per
+    user (~/.cache/torch_extensions); two checkouts with different venvs (different torch or
+    DeepSpeed builds) then rebuild it on every alternate launch. Each venv gets its own cache
+    instead. Outside a venv nothing changes. Returns the directory in effect (None: torch's default).
+    Children (the ``deepspeed`` launcher's ranks, test subprocesses) inherit it through ``env``."""
+    env = os.environ if env is None else env
+    if env.get("TORCH_EXTENSIONS_DIR"):
+        return env["TORCH_EXTENSIONS_DIR"]
+    if sys.prefix == sys.base_prefix:
+        return None
+    env["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+    return env["TORCH_EXTENSIONS_DIR"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -25,6 +43,7 @@ def _free_port() -> int:
 
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); works under the deepspeed launcher and as a plain process."""
+    venv_torch_extensions_dir()  # before DeepSpeed builds its shm comm op
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -48,13 +67,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum a short list of floats over all ranks (float64 on CPU for gloo, on GPU for nccl)."""
+def all_reduce_sum(values: list) -> list[float]:
+    """Sum a short list of floats or 0-d tensors over all ranks (float64 on CPU for gloo, on GPU for
+    nccl); tensors are read back to the host once, together."""
     import torch
     import torch.distributed as dist
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if not values:
+        return []
+    t = torch.stack([torch.as_tensor(v, device=device).detach().to(torch.float64).reshape(()) for v in values])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()

@@ -32,6 +32,8 @@ def deepspeed_config(cfg: TrainConfigBase, micro: int, accum: int, global_batch:
     sp = cfg.deepspeed.sequence_parallel_size
     if sp > 1:  # each rank runs sp micro-steps (one shard of each of its group's micro-batches) per micro-batch
         ds.update(sequence_parallel_size=sp, gradient_accumulation_steps=accum * sp)
+    if cfg.train.autocast:  # fp32 weights, matmuls in bf16 (DeepSpeed's torch.autocast wrapper)
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return _deep_merge(ds, cfg.deepspeed.extra)
 
 
@@ -74,9 +76,23 @@ def make_engine(model, cfg: TrainConfigBase, ds_config: dict, mpu=None):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                               implementation=cfg.optim.implementation)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
+    skip_lone_allreduce(engine, cfg)
+    if cfg.train.compile:
+        engine.compile()  # in place: parameter names, checkpoints and export are unchanged
     return engine, optimizer
+
+
+def skip_lone_allreduce(engine, cfg: TrainConfigBase) -> None:
+    """One process under ZeRO-0: DeepSpeed's gradient "all-reduce" would flatten every gradient into
+    a buffer, reduce it over a group of one and copy it back, each step, for nothing; turn it off."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1  # Ulysses ranks reduce over dp x sp
+    if cfg.deepspeed.zero_stage == 0 and engine.dp_world_size == 1 and world == 1:
+        engine.enable_backward_allreduce = False
 
 
 def stage0_grad_norm(engine) -> float:

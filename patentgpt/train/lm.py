@@ -114,13 +114,7 @@ class CausalLMStage(Stage):
             from patentgpt.train.dist import all_reduce_sum
 
             self.routing = RoutingControl(model, m.router, world_reduce=all_reduce_sum, verbose=ctx.rank == 0)
-            self._log_every, self._max_steps = self.cfg.logging.every_steps, self.cfg.train.max_steps
         return model
-
-    def _logging_step(self) -> bool:
-        """Whether the step under way is one the core logs (routing metrics are computed only then)."""
-        done = self.routing.steps + 1
-        return done % self._log_every == 0 or done == self._max_steps
 
     def count_targets(self, batch: dict) -> int:
         return count_label_targets(batch["labels"])
@@ -134,20 +128,20 @@ class CausalLMStage(Stage):
 
             aux = out.aux_loss.detach()
             ce = out.loss.detach() - config.router_aux_loss_coef * aux
-            loss, stats = out.loss, {"loss_sum": float(ce) * items_per_micro, "aux_sum": float(aux)}
+            loss, stats = out.loss, {"loss_sum": ce.double() * items_per_micro, "aux_sum": aux.double()}
             z_coef = self.cfg.model.router.z_loss_coef
-            logging_step = self._logging_step()
             if z_coef > 0:
                 z = router_z_loss(out.router_logits)
                 loss = loss + z_coef * z
-                stats["z_sum"] = float(z.detach())
-            elif logging_step:  # logged, not optimised
-                stats["z_sum"] = float(router_z_loss([lg.detach() for lg in out.router_logits]))
-            if logging_step:
+                stats["z_sum"] = z.detach().double()
+            elif self.log_step:  # logged, not optimised
+                stats["z_sum"] = router_z_loss([lg.detach() for lg in out.router_logits]).double()
+            if self.log_step:
                 h = np.asarray(router_entropy(out.router_logits))
                 self._entropy = h if self._entropy is None else self._entropy + h
             return loss, stats
-        return out.loss, {"loss_sum": float(out.loss.detach()) * items_per_micro}
+        # statistics stay tensors: the core reads them back once per step, not per micro-batch
+        return out.loss, {"loss_sum": out.loss.detach().double() * items_per_micro}
 
     def step_metrics(self, sums, targets, ctx):
         record = {"loss": sums["loss_sum"] / max(targets, 1)}
@@ -160,9 +154,8 @@ class CausalLMStage(Stage):
                 record["z_loss"] = sums["z_sum"] / (ctx.accum * ctx.world)
                 record["loss"] += self.cfg.model.router.z_loss_coef * record["z_loss"]
         if self.routing is not None:
-            logging_step = self._logging_step()
             counts = self.routing.end_step()  # every step: balancing bias, dead-expert warnings
-            if logging_step:
+            if self.log_step:
                 entropy = None if self._entropy is None else (self._entropy / ctx.accum).tolist()
                 record.update(self.routing.metrics(counts, entropy))
                 self._entropy = None

@@ -45,6 +45,9 @@ class Stage:
 
     name = "stage"
     causal_lm = False  # whether benchmark tasks (eval.suite) can run on the model
+    # Set by the core before every step: whether the step is a logging step. Statistics that cost
+    # time (e.g. MoE expert load) are computed only then.
+    log_step: bool = True
 
     def __init__(self, cfg):
         self.cfg = cfg

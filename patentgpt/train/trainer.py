@@ -80,7 +80,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         from patentgpt.model.build import DTYPES
-        from patentgpt.model.flops import device_peak_flops
+        from patentgpt.model.flops import run_peak
         from patentgpt.train.checkpoint import (clean_incomplete, latest_checkpoint, load_checkpoint, needs_universal,
                                                 save_checkpoint)
         from patentgpt.train.dist import all_reduce_sum, barrier, init_distributed
@@ -141,8 +141,9 @@ class Trainer:
 
         monitor = Monitor(run_dir, plain_config, cfg.logging.wandb, run_name=cfg.run.name, enabled=rank == 0,
                           resume_step=start_step)
-        peak, peak_source = ((cfg.logging.peak_tflops * 1e12, "config") if cfg.logging.peak_tflops
-                             else device_peak_flops(ctx.dtype))
+        device_peak = run_peak(cfg.logging.peak_tflops, ctx.dtype)  # once per run
+        peak, peak_source = device_peak.flops, device_peak.source
+        peak_record = device_peak.record()  # logged with this run's first step record
         flops_tok = stage.flops_per_token(ctx)
         tokens_per_step = stage.tokens_per_step(ctx)
 
@@ -192,6 +193,7 @@ class Trainer:
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
             batches = loader.next_step()
+            stage.log_step = done % cfg.logging.every_steps == 0 or done == cfg.train.max_steps
             targets = int(all_reduce_sum([float(sum(stage.count_targets(b) for b in batches))])[0])
             items_per_micro = max(targets, 1) / (accum * world)
             if sp:
@@ -210,7 +212,7 @@ class Trainer:
             step_loss = record["loss"]
             reason = "no_targets" if targets == 0 else guard.check(step_loss)
             optimizer.skip_next = reason is not None
-            log_now = done % cfg.logging.every_steps == 0 or done == cfg.train.max_steps or reason is not None
+            log_now = stage.log_step or reason is not None
             full_grad_norm = stage0_grad_norm(engine) if log_now and cfg.deepspeed.zero_stage == 0 else None
             engine.step()  # the accumulation boundary: update (or skip) and clear gradients
             guard.record(step_loss, reason, done)
@@ -239,6 +241,8 @@ class Trainer:
                 }
                 if reason:
                     record["skip_reason"] = reason
+                record.update(peak_record)
+                peak_record = {}
                 monitor.log(record)
                 interval_tokens, interval_time = 0, 0.0
             if self._eval_due(done):
@@ -258,6 +262,7 @@ class Trainer:
         summary = {"stage": stage.name, "run_dir": str(run_dir), "final_checkpoint": str(last_ckpt),
                    "steps": final_step, "finished": finished, "skipped_steps": guard.skipped_total,
                    "losses": losses, "evals": evals, "world_size": world, "peak_flops_source": peak_source,
+                   "peak": device_peak.record(),
                    **stage.summary()}
         if rank == 0 and finished:
             pngs = [plot_loss(read_metrics(run_dir), run_dir / "loss.png"), *stage.plots(run_dir)]
