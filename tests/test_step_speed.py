@@ -49,12 +49,12 @@ def test_unknown_fused_device_is_a_clear_error(monkeypatch):
 
 
 def test_expert_load_is_computed_on_logging_steps_only(tmp_path, demo_shards, ip_tokenizer_dir, monkeypatch):
-    from patentgpt.train import lm
+    from patentgpt.model import routing
     from patentgpt.train.stages import run_stage
 
-    calls = []
-    real = lm.expert_fractions
-    monkeypatch.setattr(lm, "expert_fractions", lambda *a: calls.append(1) or real(*a))
+    calls = []  # router entropy and the logged z-loss: per-layer statistics computed on logging steps only
+    real = routing.router_entropy
+    monkeypatch.setattr(routing, "router_entropy", lambda *a: calls.append(1) or real(*a))
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "mixtral",
                       ["train.max_steps=5", "optim.warmup_steps=2", "logging.every_steps=2", "checkpoint.export_at_end=false",
                        "checkpoint.every_steps=100", "run.name=moe"])
