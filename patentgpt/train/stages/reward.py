@@ -144,8 +144,9 @@ class RewardStage(Stage):
         chosen, rejected = pair_scores(engine, batch["input_ids"])
         margin = chosen - rejected
         loss_sum = -F.logsigmoid(margin).sum()
-        return loss_sum / items_per_micro, {"loss_sum": float(loss_sum.detach()),
-                                            "correct": float((margin > 0).sum()), "margin_sum": float(margin.sum())}
+        m = margin.detach()  # statistics stay tensors: the core reads them back once per step
+        return loss_sum / items_per_micro, {"loss_sum": loss_sum.detach().double(),
+                                            "correct": (m > 0).sum().double(), "margin_sum": m.sum().double()}
 
     def step_metrics(self, sums, targets, ctx):
         n = max(targets, 1)
