@@ -26,6 +26,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from patentgpt.data.pipeline.parallel import _context as _mp_context
+from patentgpt.data.pipeline.parallel import worker_defaults
 from patentgpt.data.pipeline.parallel import ordered_map
 
 FAULT_DIR_ENV = "PATENTGPT_PIPELINE_FAULTS"
@@ -96,7 +97,7 @@ _STATE: dict = {}
 
 def _ensure_init(token: str, init: Callable | None, init_args: tuple) -> None:
     if _STATE.get("token") != token:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        worker_defaults()
         if init is not None:
             init(*init_args)
         _STATE["token"] = token

@@ -29,8 +29,19 @@ def _context():
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
-def _init_worker(init: Callable | None, args: tuple) -> None:
+def worker_defaults() -> None:
+    """What every worker process starts with: no tokenizers threads inside a worker, and the default
+    SIGTERM action (a forked worker inherits the handler Ray's core installs in a driver that started
+    Ray, which prints a stack trace when a pool terminates its workers)."""
+    import signal
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if mp.parent_process() is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _init_worker(init: Callable | None, args: tuple) -> None:
+    worker_defaults()
     if init is not None:
         init(*args)
 
