@@ -19,10 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from patentgpt.data.loader import SourceChooser
+from patentgpt.data.loader import IGNORE, SourceChooser
 from patentgpt.errors import DataError
-
-IGNORE = -100
 
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -255,7 +255,7 @@ def pack_documents(docs: list[np.ndarray], seq_len: int, max_sequences: int, *, 
     stream = stream[: max_sequences * seq_len]
     rows = -(-len(stream) // seq_len)
     ids = np.full(rows * seq_len, eos_id, dtype=np.int64)
-    labels = np.full(rows * seq_len, -100, dtype=np.int64)
+    labels = np.full(rows * seq_len, IGNORE, dtype=np.int64)
     ids[: len(stream)] = stream
     labels[: len(stream)] = stream
     ids, labels = ids.reshape(rows, seq_len), labels.reshape(rows, seq_len)

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from patentgpt.data.loader import IGNORE
 from patentgpt.train.stage import RunContext, Stage
 
-IGNORE = -100
 
 
 def count_label_targets(labels: torch.Tensor) -> int:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from patentgpt.config import ConfigError
 
-IGNORE = -100
-
 
 def check_sequence_parallel(cfg, world: int | None = None) -> None:
     """Refuse settings Ulysses cannot run, naming the key (static part from the config validator,
@@ -100,6 +98,8 @@ class SequenceParallel:  # torch and deepspeed imported inside: the config check
         import torch
         import torch.distributed.nn
         import torch.nn.functional as F
+
+        from patentgpt.data.loader import IGNORE
 
         shift = batch["shift_labels"]
         inputs = {k: v.to(engine.device) for k, v in batch.items() if k != "shift_labels"}
