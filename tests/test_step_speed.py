@@ -158,3 +158,26 @@ def test_autocast_needs_fp32_weights_and_reaches_deepspeed(tmp_path, demo_shards
     cfg = make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama", ["train.autocast=true", "train.precision=fp32"])
     ds = deepspeed_config(cfg, 4, 2, 8)
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not ds["bf16"]["enabled"]
+
+
+def test_foreach_clip_trains_like_deepspeeds_clip_and_logs_the_same_norm(tmp_path, demo_shards, ip_tokenizer_dir,
+                                                                         monkeypatch):
+    """A clip small enough to bite every step: torch's multi-tensor clip gives DeepSpeed's losses and
+    the logged pre-clip gradient norm is the one computed separately before the step."""
+    from patentgpt.train import engine
+    from patentgpt.train.stages import run_stage
+
+    common = ["train.max_steps=4", "optim.warmup_steps=1", "deepspeed.zero_stage=0", "train.grad_clip=0.05",
+              "logging.every_steps=1", "checkpoint.export_at_end=false", "checkpoint.every_steps=100"]
+    calls, real = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(k) or real(*a, **k))
+    fast = run_stage("pretrain", make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama", [*common, "run.name=a"]))
+    assert len(calls) == 4 and all(k["foreach"] for k in calls)  # one multi-tensor clip per step
+    monkeypatch.setattr(engine, "foreach_clip", lambda *a: None)
+    slow = run_stage("pretrain", make_config(tmp_path, demo_shards, ip_tokenizer_dir, "llama", [*common, "run.name=b"]))
+    for (_, a), (_, b) in zip(fast["losses"], slow["losses"]):
+        assert a == pytest.approx(b, rel=1e-5)
+    norms = [[json.loads(ln)["grad_norm"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("a", "b")]
+    assert min(norms[0]) > 0.05  # the clip acted on every step
+    assert norms[0] == pytest.approx(norms[1], rel=1e-4)

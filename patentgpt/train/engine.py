@@ -80,6 +80,7 @@ def make_engine(model, cfg: TrainConfigBase, ds_config: dict, mpu=None):
                                implementation=cfg.optim.implementation)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     skip_lone_allreduce(engine, cfg)
+    foreach_clip(engine, cfg)
     if cfg.train.compile:
         engine.compile()  # in place: parameter names, checkpoints and export are unchanged
     return engine, optimizer
@@ -93,6 +94,30 @@ def skip_lone_allreduce(engine, cfg: TrainConfigBase) -> None:
     world = dist.get_world_size() if dist.is_initialized() else 1  # Ulysses ranks reduce over dp x sp
     if cfg.deepspeed.zero_stage == 0 and engine.dp_world_size == 1 and world == 1:
         engine.enable_backward_allreduce = False
+
+
+def foreach_clip(engine, cfg: TrainConfigBase) -> None:
+    """fp32 weights without ZeRO: DeepSpeed clips with a loop of one norm and one multiply per parameter
+    and all-reduces the (already identical) norm over the data-parallel group every step; torch's
+    multi-tensor ``clip_grad_norm_`` does the same arithmetic in a few kernels and keeps the pre-clip
+    norm, which the trainer then logs instead of computing it again. Not with model/sequence-parallel
+    groups or DeepSpeed MoE layers, whose norms DeepSpeed combines across groups."""
+    if (cfg.deepspeed.zero_stage != 0 or cfg.train.grad_clip <= 0 or engine.bfloat16_enabled()
+            or engine.fp16_enabled() or engine.mpu is not None or getattr(engine, "has_moe_layers", False)):
+        return
+
+    def clip():
+        engine.clip_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), engine.gradient_clipping(),
+                                                          foreach=True)
+
+    engine.clip_norm = None
+    engine.clip_fp32_gradients = clip
+
+
+def step_grad_norm(engine):
+    """The pre-clip gradient norm of the step just taken: the foreach clip's, else DeepSpeed's (ZeRO)."""
+    norm = getattr(engine, "clip_norm", None)
+    return norm if norm is not None else engine.get_global_grad_norm()
 
 
 def stage0_grad_norm(engine) -> float:

@@ -84,7 +84,8 @@ class Trainer:
         from patentgpt.train.checkpoint import (clean_incomplete, latest_checkpoint, load_checkpoint, needs_universal,
                                                 save_checkpoint)
         from patentgpt.train.dist import all_reduce_sum, barrier, init_distributed
-        from patentgpt.train.engine import deepspeed_config, make_engine, model_construction, stage0_grad_norm
+        from patentgpt.train.engine import (deepspeed_config, make_engine, model_construction, stage0_grad_norm,
+                                            step_grad_norm)
         from patentgpt.train.export import export_checkpoint
         from patentgpt.train.guard import LossGuard
         from patentgpt.train.monitor import Monitor, read_metrics
@@ -213,7 +214,8 @@ class Trainer:
             reason = "no_targets" if targets == 0 else guard.check(step_loss)
             optimizer.skip_next = reason is not None
             log_now = stage.log_step or reason is not None
-            full_grad_norm = stage0_grad_norm(engine) if log_now and cfg.deepspeed.zero_stage == 0 else None
+            full_grad_norm = (stage0_grad_norm(engine) if log_now and cfg.deepspeed.zero_stage == 0
+                              and not hasattr(engine, "clip_norm") else None)
             engine.step()  # the accumulation boundary: update (or skip) and clear gradients
             guard.record(step_loss, reason, done)
             progress.tokens_seen += tokens_per_step
@@ -224,7 +226,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             if log_now:
-                grad_norm = full_grad_norm if full_grad_norm is not None else engine.get_global_grad_norm()
+                grad_norm = full_grad_norm if full_grad_norm is not None else step_grad_norm(engine)
                 record = {
                     "step": done,
                     **record,
