@@ -165,6 +165,9 @@ def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int, extra_engine
                     universal: bool = False) -> dict:
     """Restore DeepSpeed state (of every engine), this rank's RNG and every named state; returns the
     trainer state. ``universal``: load the engines' universal conversions (another world size)."""
+    from patentgpt.model.expert_parallel import check_resume_layout
+
+    check_resume_layout(engine, ckpt)  # same expert-parallel layout, or a clear refusal
     engines = {DS_TAG: engine, **(extra_engines or {})}
     if universal:
         if rank == 0:
