@@ -97,7 +97,9 @@ def save_checkpoint(engine, root: str | Path, step: int, states: dict, *, rank: 
         tmp.mkdir(parents=True)
     barrier()
     for tag, eng in {DS_TAG: engine, **(extra_engines or {})}.items():
-        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, client_state=dict(UNIVERSAL_INFO))
+        # DeepSpeed's MoE save writes the universal-checkpoint info itself (and refuses ours)
+        info = {} if getattr(eng, "has_moe_layers", False) else dict(UNIVERSAL_INFO)
+        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, client_state=info)
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     barrier()
