@@ -166,6 +166,7 @@ BASE = {"model": {"arch": "mixtral", "num_experts": 4, "experts_per_token": 2}, 
     ({"model": {"num_experts": 5}}, "model.num_experts"),
     ({"model": {"experts_per_token": 1}}, "model.experts_per_token"),
     ({"deepspeed": {"zero_stage": 3}}, "deepspeed.zero_stage"),
+    ({"deepspeed": {"zero_stage": 0}}, "deepspeed.zero_stage"),
     ({"deepspeed": {"sequence_parallel_size": 2}}, "deepspeed.sequence_parallel_size"),
     ({"model": {"router": {"bias_update_rate": 0.01}}}, "model.router.bias_update_rate"),
     ({"model": {"router": {"jitter": 0.1}}}, "model.router.jitter"),
@@ -226,7 +227,7 @@ def test_two_ranks_expert_parallel_match_one_process_resume_and_export(tmp_path,
               for run in ("ep", "one")]
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "ep" / "export").model.layers[0].mlp).__name__ == \
         "MixtralSparseMoeBlock"
-    assert (logits[0] - logits[1]).abs().max() <= 1e-3  # the same training up to reduction order
+    assert (logits[0] - logits[1]).abs().max() <= 1e-4  # the same training up to reduction order (3.6e-7 here)
 
     # resuming on another expert-parallel layout is refused, naming the key
     class Engine:

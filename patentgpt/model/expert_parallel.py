@@ -65,7 +65,11 @@ def check_expert_parallel(cfg) -> None:
                         "Mixtral's only for top-2 (top-1 keeps the raw probability where Mixtral renormalises "
                         "to 1; top-k > 2 is untested)")
     if cfg.deepspeed.zero_stage == 3:
-        problems.append(f"deepspeed.zero_stage: 3 with {key} > 1: DeepSpeed's MoE layer trains with ZeRO-0/1/2 only")
+        problems.append(f"deepspeed.zero_stage: 3 with {key} > 1: DeepSpeed's MoE layer trains with ZeRO-1/2 only")
+    if cfg.deepspeed.zero_stage == 0:
+        problems.append(f"deepspeed.zero_stage: 0 with {key} > 1: DeepSpeed's ZeRO-0 gradient clipping averages each "
+                        "rank's norm over its own experts instead of the global norm (losses drift from the same "
+                        "run without expert parallelism once a step is clipped); use ZeRO-1 or 2")
     if cfg.deepspeed.sequence_parallel_size > 1:
         problems.append(f"deepspeed.sequence_parallel_size with {key} > 1: not combined (untested)")
     if m.router.bias_update_rate > 0:

@@ -124,7 +124,7 @@ class DeepSpeedSection(Section):
                                         "each sequence split over this many ranks")
     # Expert parallelism (MoE; patentgpt/model/expert_parallel.py, README "Mixture of experts")
     expert_parallel_size: int = Field(1, ge=1, description="ranks that split a MoE layer's experts (DeepSpeed's "
-                                      "MoE layer in place of each Mixtral block; ZeRO-0/1/2, top-2)")
+                                      "MoE layer in place of each Mixtral block; ZeRO-1/2, top-2)")
 
 
 class CheckpointSection(Section):
