@@ -15,6 +15,9 @@ model is replaced in place (after weights are loaded, before ``deepspeed.initial
   the fused ``gate_up_proj`` / ``down_proj``: EP rank r owns global experts r*L .. r*L+L-1
   (L = experts / E), DeepSpeed's order after its all-to-all.
 
+Every rank builds (or loads) the whole model first and keeps its own experts: the start-up peak
+is the full model per rank.
+
 Why DeepSpeed's gating equals Mixtral's here (``deepspeed/moe/sharded_moe.py``, 0.19,
 ``top2gating``): softmax over the fp32 logits; first expert = argmax, second = argmax with the
 first masked (``top2_2nd_expert_sampling=False``: no Gumbel noise); the two gate values divided by
