@@ -171,6 +171,8 @@ BASE = {"model": {"arch": "mixtral", "num_experts": 4, "experts_per_token": 2}, 
     ({"model": {"router": {"bias_update_rate": 0.01}}}, "model.router.bias_update_rate"),
     ({"model": {"router": {"jitter": 0.1}}}, "model.router.jitter"),
     ({"train": {"activation_checkpointing": True}}, "train.activation_checkpointing"),
+    ({"train": {"compile": True}}, "train.compile"),
+    ({"model": {"experts_implementation": "batched_mm"}}, "model.experts_implementation"),
 ])
 def test_refusals_name_the_key(override, key):
     from patentgpt.config.base import _deep_merge

@@ -86,6 +86,8 @@ def check_expert_parallel(cfg) -> None:
     if cfg.train.activation_checkpointing:
         problems.append(f"train.activation_checkpointing with {key} > 1: untested (the recomputed forward "
                         "repeats the all-to-all)")
+    if cfg.train.compile:
+        problems.append(f"train.compile with {key} > 1: untested (DeepSpeed's all-to-all under torch.compile)")
     if cfg.eval.suite.tasks:
         problems.append(f"eval.suite.tasks with {key} > 1: the benchmark suite runs on rank 0 alone, and an "
                         "expert-parallel forward needs every rank")
