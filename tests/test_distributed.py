@@ -15,12 +15,18 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5  # absolute, on the step loss; observed: identical to the last printed digit
 
 
-def _launch(cmd, cfg_path, name, tmp_path, extra=()):
+def launch_output(cmd, cfg_path, name, tmp_path, extra=()) -> str:
+    """Run ``cmd launch/pretrain.py`` on ``cfg_path`` as run ``name``; its stdout."""
     env = {**env_without_rendezvous(), "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([*cmd, str(REPO / "launch" / "pretrain.py"), "--config", str(cfg_path),
                            "--set", f"run.name={name}", *extra], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _launch(cmd, cfg_path, name, tmp_path, extra=()):
+    launch_output(cmd, cfg_path, name, tmp_path, extra)
     return [r["loss"] for r in metrics(tmp_path / name)]
 
 

@@ -169,8 +169,10 @@ def test_expert_parallel_size_validated_and_refused_with_the_reason():
 
     moe = REPO / "configs" / "pretrain" / "demo_moe.yaml"
     assert load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=1"]).deepspeed.expert_parallel_size == 1
-    with pytest.raises(ConfigError, match="expert_parallel_size") as err:
-        load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=2"])
-    assert "FSDP2" in str(err.value) and "deepspeed.moe.layer.MoE" in str(err.value)
+    # routing controls DeepSpeed's expert-parallel gate cannot apply (tests/test_moe_expert_parallel.py)
+    with pytest.raises(ConfigError, match="model.router.bias_update_rate") as err:
+        load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=2", "deepspeed.zero_stage=2",
+                                          "model.router.bias_update_rate=0.01"])
+    assert "DeepSpeed's gate" in str(err.value)
     with pytest.raises(ConfigError, match="expert_parallel_size"):
         load_config(PretrainConfig, moe, ["deepspeed.expert_parallel_size=0"])

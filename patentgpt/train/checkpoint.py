@@ -97,7 +97,9 @@ def save_checkpoint(engine, root: str | Path, step: int, states: dict, *, rank: 
         tmp.mkdir(parents=True)
     barrier()
     for tag, eng in {DS_TAG: engine, **(extra_engines or {})}.items():
-        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, client_state=dict(UNIVERSAL_INFO))
+        # DeepSpeed's MoE save writes the universal-checkpoint info itself (and refuses ours)
+        info = {} if getattr(eng, "has_moe_layers", False) else dict(UNIVERSAL_INFO)
+        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, client_state=info)
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     barrier()
@@ -165,6 +167,9 @@ def load_checkpoint(engine, ckpt: Path, states: dict, *, rank: int, extra_engine
                     universal: bool = False) -> dict:
     """Restore DeepSpeed state (of every engine), this rank's RNG and every named state; returns the
     trainer state. ``universal``: load the engines' universal conversions (another world size)."""
+    from patentgpt.model.expert_parallel import check_resume_layout
+
+    check_resume_layout(engine, ckpt)  # same expert-parallel layout, or a clear refusal
     engines = {DS_TAG: engine, **(extra_engines or {})}
     if universal:
         if rank == 0:

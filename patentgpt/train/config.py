@@ -122,20 +122,9 @@ class DeepSpeedSection(Section):
     extra: dict[str, Any] = Field(default_factory=dict, description="merged into the generated DeepSpeed config")
     sequence_parallel_size: int = Field(1, ge=1, description="Ulysses sequence parallelism (pretraining): "
                                         "each sequence split over this many ranks")
-    # Expert parallelism (MoE): validated, refused until an engine path exists (README "Mixture of experts")
-    expert_parallel_size: int = Field(1, ge=1, description="ranks that split a MoE layer's experts; only 1 today")
-
-    @model_validator(mode="after")
-    def _check_expert_parallel(self):
-        if self.expert_parallel_size > 1:
-            raise ValueError(
-                "deepspeed.expert_parallel_size > 1 is not supported yet: transformers' expert-parallel plan "
-                "(DistributedConfig(ep_size=N)) shards experts as DTensors under its own FSDP2, which "
-                "deepspeed.initialize cannot wrap (\"_apply(): Couldn't swap FSDPEmbedding.weight\"), and "
-                "DeepSpeed's expert parallelism needs its own MoE layer (deepspeed.moe.layer.MoE, not ZeRO-3) in "
-                "place of transformers' Mixtral block. Train MoE models with data parallelism and ZeRO "
-                "(expert_parallel_size: 1)")
-        return self
+    # Expert parallelism (MoE; patentgpt/model/expert_parallel.py, README "Mixture of experts")
+    expert_parallel_size: int = Field(1, ge=1, description="ranks that split a MoE layer's experts (DeepSpeed's "
+                                      "MoE layer in place of each Mixtral block; ZeRO-1/2, top-2)")
 
 
 class CheckpointSection(Section):
@@ -187,6 +176,9 @@ class TrainConfigBase(Section):
         from patentgpt.config.checks import check_train_static
 
         check_train_static(self)  # run.name, deepspeed.extra
+        from patentgpt.model.expert_parallel import check_expert_parallel
+
+        check_expert_parallel(self)  # deepspeed.expert_parallel_size and what it does not combine with
         if self.train.autocast and self.train.precision != "fp32":
             raise ValueError("train.autocast: bf16 autocast runs on fp32 weights; set train.precision: fp32")
         if self.optim.warmup_steps >= self.train.max_steps and self.train.max_steps > 1:

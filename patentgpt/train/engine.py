@@ -75,7 +75,10 @@ def make_engine(model, cfg: TrainConfigBase, ds_config: dict, mpu=None):
     if cfg.train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+    from patentgpt.model.expert_parallel import expert_parallel_param_groups
+
+    groups = expert_parallel_param_groups(model, cfg, lambda m: param_groups(m, cfg.optim.weight_decay))
+    optimizer = SkippableAdamW(groups, lr=cfg.optim.lr,
                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                implementation=cfg.optim.implementation)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)

@@ -74,6 +74,10 @@ def consolidated_state_dict(ckpt: Path, tag: str = DS_TAG) -> dict[str, torch.Te
     the main engine's, or a further engine's such as PPO's ``critic``)."""
     ds_dir = ckpt / tag
     with weights_only_loads():
+        from patentgpt.model.expert_parallel import expert_parallel_state_dict, is_expert_parallel_checkpoint
+
+        if is_expert_parallel_checkpoint(ds_dir):  # DeepSpeed MoE: experts in per-expert files
+            return expert_parallel_state_dict(ds_dir, torch.load)
         if list(ds_dir.glob("*optim_states.pt")):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
