@@ -1,8 +1,11 @@
-"""Render the README's benchmark table from the benchmarks' JSON in bench/results/.
+"""Render the README's benchmark tables from the benchmarks' JSON in bench/results/.
 
     python bench/report.py            # print the markdown
-    python bench/report.py --write    # replace the README block between the bench:train markers
-    python bench/report.py --check    # exit 1 when the README block differs from the JSON
+    python bench/report.py --write    # replace the README blocks between the bench:train / bench:all markers
+    python bench/report.py --check    # exit 1 when a README block differs from the JSON
+
+The training table compares every variant of bench/train_throughput.py; the second block has one row
+per comparison found in any other bench/results/*.json (every bench measures through harness.compare).
 
 Only what the JSON says goes into the block: throughput (sum of work / sum of time), the per-round
 ratio against the baseline as median (min-max), padding fractions, the machine and the command.
@@ -21,10 +24,13 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 README = REPO / "README.md"
 START, END = "<!-- bench:train:start (bench/report.py --write) -->", "<!-- bench:train:end -->"
+ALL_START, ALL_END = "<!-- bench:all:start (bench/report.py --write) -->", "<!-- bench:all:end -->"
 LABELS = {
     "patentgpt": "PatentGPT (`patentgpt pretrain`, DeepSpeed)",
     "patentgpt_autocast": "PatentGPT, fp32 weights + `train.autocast` (bf16)",
+    "patentgpt_compile": "PatentGPT with `train.compile` (`torch.compile`)",
     "trainer_packed": "HF `Trainer`, packed blocks (`group_texts`)",
+    "trainer_packed_compile": "HF `Trainer`, packed blocks, `torch_compile=True`",
     "trainer_flatten": "HF `Trainer`, `DataCollatorWithFlattening`",
     "trainer_padded": "HF `Trainer`, padded to the longest",
     "torch_loop": "plain PyTorch loop, packed blocks",
@@ -90,14 +96,58 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def comparisons(node, path: tuple = ()):
+    """(path, comparison) for every harness.compare result nested anywhere in a benchmark's JSON."""
+    if isinstance(node, dict):
+        if "ratio_vs_baseline" in node and "baseline" in node and "unit" in node:
+            yield path, node
+            return
+        for k, v in node.items():
+            yield from comparisons(v, (*path, str(k)))
+
+
+def all_table() -> list[str]:
+    """One row per comparison of every other benchmark's JSON: rate of each variant, ratio as median
+    (min-max) over rounds; then the machine load and exact command of each file."""
+    lines = ["| benchmark | comparison | unit/s: variant (baseline) | ratio vs baseline, median (min-max), rounds |",
+             "|---|---|---|---|"]
+    notes = []
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.name.startswith("train_throughput"):
+            continue
+        doc = json.loads(path.read_text())
+        found = list(comparisons({k: v for k, v in doc.items() if k not in ("machine", "command")}))
+        for where, c in found:
+            rates = c.get(f"{c['unit']}_per_s", {})
+            for name, r in c["ratio_vs_baseline"].items():
+                rate = f"{rates[name]:.4g} ({rates[c['baseline']]:.4g})" if name in rates else "-"
+                lines.append(f"| `{path.stem}` | {'/'.join(where) or '-'}: {name} vs {c['baseline']} | "
+                             f"{c['unit']}: {rate} | {_ratio(r)}, {r['n']} |")
+        if found:
+            m = doc.get("machine", {})
+            notes.append(f"- `{path.stem}`: {m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
+                         f"load {m.get('loadavg_1m_at_start')} at start; `{doc.get('command')}`")
+    if not notes:
+        return []
+    return [*lines, "", *notes]
+
+
 def block() -> str:
     return f"{START}\n{render()}\n{END}"
 
 
-def readme_block(text: str) -> str | None:
-    if START not in text or END not in text:
+def all_block() -> str:
+    lines = all_table()
+    return f"{ALL_START}\n" + ("\n".join(lines) if lines else "(no other bench/results/*.json yet)") + f"\n{ALL_END}"
+
+
+def readme_block(text: str, start: str = START, end: str = END) -> str | None:
+    if start not in text or end not in text:
         return None
-    return text[text.index(START):text.index(END) + len(END)]
+    return text[text.index(start):text.index(end) + len(end)]
+
+
+BLOCKS = ((START, END, block), (ALL_START, ALL_END, all_block))
 
 
 def main() -> int:
@@ -106,21 +156,26 @@ def main() -> int:
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     text = README.read_text(encoding="utf-8")
-    current = readme_block(text)
+    current = {start: readme_block(text, start, end) for start, end, _ in BLOCKS}
     if args.check:
-        if current != block():
-            print("README benchmark block differs from bench/results (run bench/report.py --write)", file=sys.stderr)
+        stale = [start for start, _, render_block in BLOCKS if current[start] != render_block()]
+        if stale:
+            print(f"README benchmark blocks {stale} differ from bench/results (run bench/report.py --write)",
+                  file=sys.stderr)
             return 1
         return 0
     if args.write:
-        if current is None:
-            print(f"README has no {START} ... {END} block", file=sys.stderr)
+        missing = [start for start in current if current[start] is None]
+        if missing:
+            print(f"README has no {missing} block", file=sys.stderr)
             return 2
         from patentgpt.io import atomic_write_text
 
-        atomic_write_text(README, text.replace(current, block()))
+        for start, _, render_block in BLOCKS:
+            text = text.replace(current[start], render_block())
+        atomic_write_text(README, text)
         return 0
-    print(block())
+    print("\n\n".join(render_block() for _, _, render_block in BLOCKS))
     return 0
 
 
