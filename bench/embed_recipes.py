@@ -4,11 +4,13 @@ Trains a config of configs/embed/ through `patentgpt embed train` (the train() i
 the base model and the export on the held-out part of the config's task. Targets (issue #12):
 
 - configs/embed/phrase.yaml (CoSENT on the anchor-disjoint train split of phrase matching):
-  test Pearson >= 0.75, from about 0.56 zero-shot;
+  test Pearson >= 0.75, from about 0.56 zero-shot; configs/embed/phrase_cross.yaml (a cross-encoder
+  on anchor / target [SEP] CPC title) against the same target (it has no zero-shot figure of its own);
 - configs/embed/r3_patentsview.yaml (R3 cross-sectional alignment, title <-> abstract):
   title -> abstract nDCG@10 on held-out patents above zero-shot.
 
-Prints JSON; the export lands in --out.
+Prints JSON; the export lands in --out. ``--dev-only`` scores only the dev part of a phrase task
+(choices are made there; test is reported once, e.g. by ``patentgpt embed eval`` on the export).
 
     PATENTGPT_SHARED_DATA=../shared/data python bench/embed_recipes.py --config configs/embed/phrase.yaml
 """
