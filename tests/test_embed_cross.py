@@ -45,18 +45,18 @@ def test_cross_encoder_export_is_detected_and_refused_by_embedding_tasks(untrain
 
 @pytest.mark.shared_data
 def test_cross_recipe_trains_on_real_pairs_and_scores_through_the_runner(shared_data, untrained_cross, tmp_path):
-    """A short run (a few steps) on a slice of the train split: the export loads with CrossEncoder,
+    """A short run (8 steps on 64 pairs) on a slice of the train split: the export loads with CrossEncoder,
     and on the slice it fits the gold scores clearly better than the untrained head."""
     from sentence_transformers.cross_encoder import CrossEncoder
 
     cfg = load_config(EmbedTrainConfig, REPO / "configs/embed/phrase_cross.yaml",
-                      [f"output_dir={tmp_path / 'ce'}", "max_pairs=192", "epochs=2", "batch_size=16", "lr=2e-4",
+                      [f"output_dir={tmp_path / 'ce'}", "max_pairs=64", "epochs=2", "batch_size=16", "lr=2e-4",
                        "warmup_ratio=0.0", "max_seq_length=32", "evaluate=false"])
     task = load_task(find_tasks([cfg.task])[0], ["limit=64"])
     cols = training_examples(cfg, task, random.Random(cfg.seed))
     assert all(" [SEP] " in b for b in cols["sentence2"])        # the CPC title rides with the target
     summary = train(cfg)
-    assert summary["examples"] == 192 and (tmp_path / "ce.train.json").is_file()
+    assert summary["examples"] == 64 and (tmp_path / "ce.train.json").is_file()
     pairs, gold = list(zip(cols["sentence1"], cols["sentence2"])), np.array(cols["score"])
     tuned = CrossEncoder(str(tmp_path / "ce"), device="cpu")
     fit = {name: metrics.pair_scores(m.predict(pairs, batch_size=64), gold)["pearson"]
