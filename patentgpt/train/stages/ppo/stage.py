@@ -448,22 +448,48 @@ class PPOStage(CausalLMStage):
     # -- held-out prompts -----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, engine, ctx):
-        """Mean reward, KL to the reference and response length of sampled responses to held-out
-        prompts (the same seeds every time)."""
+        """Reward, KL to the reference and response length of sampled responses to held-out prompts
+        (the same seeds every time). The reward is the reward model's RAW score (plus the weighted
+        programmatic reward): the running normaliser of the rollouts changes during training, so a
+        normalised held-out reward would put "before" and "after" on different scales. Its spread
+        over the prompts comes with it, and every prompt's response and score go to
+        ``heldout.jsonl`` (so before / after can be paired prompt by prompt)."""
         if not self.eval_prompts:
             return {}
-        g = self.cfg.ppo.generation_batch_size
-        scores, kls, lengths = [], [], []
+        g, tok = self.cfg.ppo.generation_batch_size, self.tokenizer
+        scores, kls, lengths, rows = [], [], [], []
         for c in range(0, len(self.eval_prompts), g):
-            d = self._chunk(self.eval_prompts[c:c + g], ro.chunk_seed(self.cfg.run.seed, EVAL_ITERATION, c))
+            items = self.eval_prompts[c:c + g]
+            d = self._chunk(items, ro.chunk_seed(self.cfg.run.seed, EVAL_ITERATION, c))
             mask = d["response_mask"].float()
-            rm = d["rm"] if self.rm is None or not self.cfg.ppo.normalize_reward else \
-                (d["rm"] - self.buffer.reward_norm.mean) / self.buffer.reward_norm.std
-            scores.append(rm + self.cfg.ppo.reward_fn_weight * d["prog"])
-            kls.append((kl_per_token(d["old_logp"], d["ref_logp"], "k1") * mask).sum(-1))
+            score = d["rm"] + self.cfg.ppo.reward_fn_weight * d["prog"]
+            kl = (kl_per_token(d["old_logp"], d["ref_logp"], "k1") * mask).sum(-1)
+            scores.append(score)
+            kls.append(kl)
             lengths.append(mask.sum(-1))
-        return {"val/reward": float(torch.cat(scores).mean()), "val/kl": float(torch.cat(kls).mean()),
-                "val/response_length": float(torch.cat(lengths).mean())}
+            for i, item in enumerate(items):
+                L = int(mask[i].sum())
+                rows.append({"prompt_index": c + i, "prompt": item[1][-1]["content"],
+                             "response": tok.decode(d["response"][i, :L].tolist(), skip_special_tokens=True),
+                             "reward": float(score[i]), "rm_score": float(d["rm"][i]),
+                             "finished": bool(d["finished"][i]), "kl": float(kl[i])})
+        s = torch.cat(scores)
+        self._write_heldout(rows)
+        return {"val/reward": float(s.mean()), "val/reward_std": float(s.std()) if len(s) > 1 else 0.0,
+                "val/reward_sem": float(s.std() / math.sqrt(len(s))) if len(s) > 1 else 0.0,
+                "val/kl": float(torch.cat(kls).mean()), "val/response_length": float(torch.cat(lengths).mean()),
+                "val/finished_fraction": sum(r["finished"] for r in rows) / len(rows)}
+
+    def _write_heldout(self, rows: list[dict]) -> None:
+        """Append this evaluation's held-out responses to ``heldout.jsonl`` (rank 0; an append-only
+        log like samples.jsonl), tagged with the PPO iteration (0 = before training)."""
+        if self.ctx.rank != 0:
+            return
+        it = self.buffer.iteration if getattr(self, "buffer", None) is not None else 0
+        path = self.ctx.run_dir / "heldout.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps({"iteration": it, **r}, ensure_ascii=False) + "\n" for r in rows))
 
     # -- core hooks ---------------------------------------------------------------------------
     def states(self):
