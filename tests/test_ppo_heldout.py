@@ -40,7 +40,7 @@ def test_held_out_reward_is_the_raw_score_before_and_after(tmp_path, ip_tokenize
         *FROZEN, f"ppo.reward_model={tiny_reward_model}", "ppo.reward_fn=null", "ppo.rollout_batch_size=8",
         "ppo.generation_batch_size=4", "ppo.ppo_epochs=1", "ppo.max_new_tokens=6", "train.micro_batch_size=4",
         "train.global_batch_size=8", "train.max_steps=2", "checkpoint.every_steps=2", "checkpoint.export_at_end=false",
-        "eval.holdout=0.15", "eval.max_batches=2"])
+        "eval.holdout=0.15", "eval.max_batches=2", "ppo.eval_samples=2"])
     summary = run_stage("ppo", cfg)
     evals = dict(summary["evals"])
     before, after = evals[0], evals[2]
@@ -52,15 +52,21 @@ def test_held_out_reward_is_the_raw_score_before_and_after(tmp_path, ip_tokenize
     assert after["val/reward"] == pytest.approx(before["val/reward"], abs=1e-6), (before, after)
     assert after["val/reward_std"] == pytest.approx(before["val/reward_std"], rel=1e-5), (before, after)
     assert after["val/kl"] == pytest.approx(0.0, abs=1e-5) and before["val/reward_sem"] > 0
-    held = [json.loads(line) for line in (tmp_path / "frozen" / "heldout.jsonl").read_text(encoding="utf-8").splitlines()]
+    held_file = tmp_path / "frozen" / "heldout.jsonl"
+    held = [json.loads(line) for line in held_file.read_text(encoding="utf-8").splitlines()]
     assert sorted({r["iteration"] for r in held}) == [0, 2]  # PPO iterations done at each evaluation
     first, last = ([r for r in held if r["iteration"] == it] for it in (0, 2))
-    assert len(first) == len(last) == 8 and [r["response"] for r in first] == [r["response"] for r in last]
-    mean = sum(r["reward"] for r in first) / len(first)
-    assert mean == pytest.approx(before["val/reward"], abs=1e-6) and all(r["reward"] == r["rm_score"] for r in first)
-    sd = math.sqrt(sum((r["reward"] - mean) ** 2 for r in first) / (len(first) - 1))
-    assert before["val/reward_sem"] == pytest.approx(sd / math.sqrt(len(first)), rel=1e-4)
-    change = paired_change(tmp_path / "frozen" / "heldout.jsonl")
+    assert len(first) == len(last) == 16 and [r["response"] for r in first] == [r["response"] for r in last]
+    assert all(r["reward"] == r["rm_score"] for r in first)
+    # two samples of each of 8 prompts (different seeds); a prompt's reward is the mean of its samples
+    assert sorted((r["prompt_index"], r["sample"]) for r in first) == [(i, j) for i in range(8) for j in range(2)]
+    assert any(a["response"] != b["response"] for a, b in zip(first[:8], first[8:]))
+    per_prompt = [sum(r["reward"] for r in first if r["prompt_index"] == i) / 2 for i in range(8)]
+    mean = sum(per_prompt) / 8
+    assert mean == pytest.approx(before["val/reward"], abs=1e-6)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in per_prompt) / 7)
+    assert before["val/reward_sem"] == pytest.approx(sd / math.sqrt(8), rel=1e-4)
+    change = paired_change(held_file)
     assert change["prompts"] == 8 and change["mean"] == pytest.approx(0.0, abs=1e-6) and change["rose"] == 0
     line = evidence_line({"reward": {"before": raw, "after": raw}, "iterations": 1, "kl_final": 0.0,
                           "val_reward": {"before": before["val/reward"], "after": after["val/reward"],
@@ -72,12 +78,14 @@ def test_held_out_reward_is_the_raw_score_before_and_after(tmp_path, ip_tokenize
 def test_paired_change_pairs_prompts_of_the_first_and_last_evaluation(tmp_path):
     from patentgpt.train.stages.ppo.demo import paired_change
 
-    rewards = {0: [1.0, 2.0, 3.0], 4: [9.0, 9.0, 9.0], 8: [2.0, 1.0, 5.0]}  # the middle evaluation is not used
+    # the middle evaluation is not used; the last has two samples of each prompt (averaged)
+    rewards = {0: [[1.0, 2.0, 3.0]], 4: [[9.0, 9.0, 9.0]], 8: [[2.0, 1.0, 5.0], [4.0, 1.0, 3.0]]}
     path = tmp_path / "heldout.jsonl"
-    path.write_text("".join(json.dumps({"iteration": it, "prompt_index": i, "reward": r}) + "\n"
-                            for it, rs in rewards.items() for i, r in enumerate(rs)), encoding="utf-8")
+    path.write_text("".join(json.dumps({"iteration": it, "prompt_index": i, "sample": j, "reward": r}) + "\n"
+                            for it, samples in rewards.items() for j, rs in enumerate(samples)
+                            for i, r in enumerate(rs)), encoding="utf-8")
     c = paired_change(path)
-    diffs = [1.0, -1.0, 2.0]
+    diffs = [2.0, -1.0, 1.0]
     sd = math.sqrt(sum((d - 2 / 3) ** 2 for d in diffs) / 2)
     assert c["iterations"] == [0, 8] and c["prompts"] == 3 and (c["rose"], c["fell"]) == (2, 1)
     assert c["mean"] == pytest.approx(2 / 3) and c["sem"] == pytest.approx(sd / math.sqrt(3))

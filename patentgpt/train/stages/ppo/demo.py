@@ -29,7 +29,10 @@ def run_ppo_demo(out: Path, sft_export: str, rm_export: str, synth_file: Path, o
         "iterations": rows[-1]["iteration"] if rows else 0,
         # the reward model's raw score (the PPO reward normalises it with running moments)
         "reward": {"before": rows[0].get("rm_score_mean", rows[0]["reward_mean"]),
-                   "after": rows[-1].get("rm_score_mean", rows[-1]["reward_mean"])} if rows else None,
+                   "after": rows[-1].get("rm_score_mean", rows[-1]["reward_mean"]),
+                   # one rollout's standard error (its responses' spread / sqrt(rollout_batch_size))
+                   "sem_before": rollout_sem(rows[0], cfg.ppo.rollout_batch_size),
+                   "sem_after": rollout_sem(rows[-1], cfg.ppo.rollout_batch_size)} if rows else None,
         "normalized_reward": {"before": rows[0]["reward_mean"], "after": rows[-1]["reward_mean"]} if rows else None,
         # the reward model's raw score on the held-out prompts, with its standard error over them
         "val_reward": {"before": evals[0]["val/reward"], "after": evals[-1]["val/reward"],
@@ -41,6 +44,18 @@ def run_ppo_demo(out: Path, sft_export: str, rm_export: str, synth_file: Path, o
         "samples": str(run_dir / "samples.jsonl"), "plot": str(run_dir / "ppo.png"),
         "export_max_logit_diff": summary.get("export_max_logit_diff"),
     }
+
+
+def rollout_sem(row: dict, n: int) -> float:
+    return row.get("rm_score_std", row["reward_std"]) / n ** 0.5
+
+
+def _prompt_means(rows: list[dict]) -> dict[int, float]:
+    """Each held-out prompt's mean reward over its samples."""
+    by: dict[int, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["prompt_index"], []).append(r["reward"])
+    return {i: sum(v) / len(v) for i, v in by.items()}
 
 
 def paired_change(path: Path) -> dict | None:
@@ -55,8 +70,7 @@ def paired_change(path: Path) -> dict | None:
     its = sorted({r["iteration"] for r in rows})
     if len(its) < 2:
         return None
-    first = {r["prompt_index"]: r["reward"] for r in rows if r["iteration"] == its[0]}
-    last = {r["prompt_index"]: r["reward"] for r in rows if r["iteration"] == its[-1]}
+    first, last = (_prompt_means([r for r in rows if r["iteration"] == it]) for it in (its[0], its[-1]))
     diffs = [last[k] - first[k] for k in sorted(first.keys() & last.keys())]
     n = len(diffs)
     mean = sum(diffs) / n
@@ -68,10 +82,12 @@ def paired_change(path: Path) -> dict | None:
 def evidence_line(ppo: dict) -> str:
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     r, v, c = ppo.get("reward") or {}, ppo.get("val_reward") or {}, ppo.get("val_reward_change")
-    pm = lambda k: f" ± {f(v[k])}" if v.get(k) is not None else ""  # noqa: E731
-    held = f"; held-out {f(v.get('before'))}{pm('sem_before')} -> {f(v.get('after'))}{pm('sem_after')}" if v else ""
+    pm = lambda d, k: f" ± {f(d[k])}" if d.get(k) is not None else ""  # noqa: E731
+    held = (f"; held-out {f(v.get('before'))}{pm(v, 'sem_before')} -> {f(v.get('after'))}{pm(v, 'sem_after')}"
+            if v else "")
     if c:
         held += (f" (paired change {c['mean']:+.3f} ± {c['sem']:.3f} s.e. over {c['prompts']} prompts: "
                  f"{c['rose']} rose, {c['fell']} fell)")
-    return (f"PPO reward-model score {f(r.get('before'))} -> {f(r.get('after'))} over {ppo.get('iterations')} "
+    return (f"PPO reward-model score {f(r.get('before'))}{pm(r, 'sem_before')} -> {f(r.get('after'))}"
+            f"{pm(r, 'sem_after')} (rollouts) over {ppo.get('iterations')} "
             f"iterations{held}; final KL to the SFT model {f(ppo.get('kl_final'))} nats per response")

@@ -449,31 +449,34 @@ class PPOStage(CausalLMStage):
     @torch.no_grad()
     def evaluate(self, engine, ctx):
         """Reward, KL to the reference and response length of sampled responses to held-out prompts
-        (the same seeds every time). The reward is the reward model's RAW score (plus the weighted
-        programmatic reward): the running normaliser of the rollouts changes during training, so a
-        normalised held-out reward would put "before" and "after" on different scales. Its spread
-        over the prompts comes with it, and every prompt's response and score go to
-        ``heldout.jsonl`` (so before / after can be paired prompt by prompt)."""
+        (``ppo.eval_samples`` each, the same seeds every time). The reward is the reward model's RAW
+        score (plus the weighted programmatic reward): the running normaliser of the rollouts
+        changes during training, so a normalised held-out reward would put "before" and "after" on
+        different scales. Its spread over the prompts (of each prompt's mean over its samples)
+        comes with it, and every response and score goes to ``heldout.jsonl`` (so before / after
+        can be paired prompt by prompt)."""
         if not self.eval_prompts:
             return {}
-        g, tok = self.cfg.ppo.generation_batch_size, self.tokenizer
+        g, tok, k = self.cfg.ppo.generation_batch_size, self.tokenizer, self.cfg.ppo.eval_samples
         scores, kls, lengths, rows = [], [], [], []
-        for c in range(0, len(self.eval_prompts), g):
-            items = self.eval_prompts[c:c + g]
-            d = self._chunk(items, ro.chunk_seed(self.cfg.run.seed, EVAL_ITERATION, c))
-            mask = d["response_mask"].float()
-            score = d["rm"] + self.cfg.ppo.reward_fn_weight * d["prog"]
-            kl = (kl_per_token(d["old_logp"], d["ref_logp"], "k1") * mask).sum(-1)
-            scores.append(score)
-            kls.append(kl)
-            lengths.append(mask.sum(-1))
-            for i, item in enumerate(items):
-                L = int(mask[i].sum())
-                rows.append({"prompt_index": c + i, "prompt": item[1][-1]["content"],
-                             "response": tok.decode(d["response"][i, :L].tolist(), skip_special_tokens=True),
-                             "reward": float(score[i]), "rm_score": float(d["rm"][i]),
-                             "finished": bool(d["finished"][i]), "kl": float(kl[i])})
-        s = torch.cat(scores)
+        for sample in range(k):
+            for c in range(0, len(self.eval_prompts), g):
+                items = self.eval_prompts[c:c + g]
+                # sample 0 keeps the seeds of a one-sample evaluation
+                d = self._chunk(items, ro.chunk_seed(self.cfg.run.seed, EVAL_ITERATION - sample, c))
+                mask = d["response_mask"].float()
+                score = d["rm"] + self.cfg.ppo.reward_fn_weight * d["prog"]
+                kl = (kl_per_token(d["old_logp"], d["ref_logp"], "k1") * mask).sum(-1)
+                scores.append(score)
+                kls.append(kl)
+                lengths.append(mask.sum(-1))
+                for i, item in enumerate(items):
+                    L = int(mask[i].sum())
+                    rows.append({"prompt_index": c + i, "sample": sample, "prompt": item[1][-1]["content"],
+                                 "response": tok.decode(d["response"][i, :L].tolist(), skip_special_tokens=True),
+                                 "reward": float(score[i]), "rm_score": float(d["rm"][i]),
+                                 "finished": bool(d["finished"][i]), "kl": float(kl[i])})
+        s = torch.cat(scores).view(k, -1).mean(0)  # each prompt's mean reward over its samples
         self._write_heldout(rows)
         return {"val/reward": float(s.mean()), "val/reward_std": float(s.std()) if len(s) > 1 else 0.0,
                 "val/reward_sem": float(s.std() / math.sqrt(len(s))) if len(s) > 1 else 0.0,
