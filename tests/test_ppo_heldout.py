@@ -41,8 +41,14 @@ def test_held_out_reward_is_the_raw_score_before_and_after(tmp_path, ip_tokenize
         "ppo.generation_batch_size=4", "ppo.ppo_epochs=1", "ppo.max_new_tokens=6", "train.micro_batch_size=4",
         "train.global_batch_size=8", "train.max_steps=2", "checkpoint.every_steps=2", "checkpoint.export_at_end=false",
         "eval.holdout=0.15", "eval.max_batches=2", "ppo.eval_samples=2"])
+    stale = tmp_path / "frozen"  # an earlier run's logs in the same run directory: a fresh run starts them anew
+    stale.mkdir()
+    for name in ("heldout.jsonl", "samples.jsonl"):
+        (stale / name).write_text(json.dumps({"iteration": 0, "prompt_index": 0, "reward": 99.0}) + "\n")
     summary = run_stage("ppo", cfg)
     evals = dict(summary["evals"])
+    samples = [json.loads(line) for line in (stale / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [s["iteration"] for s in samples] == [1] * 4 + [2] * 4
     before, after = evals[0], evals[2]
     rows = [r for r in metrics(tmp_path / "frozen") if "reward_mean" in r]
     # the rollouts' normaliser is fitted by now and far from the identity (else this test could not fail)

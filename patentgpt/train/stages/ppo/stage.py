@@ -35,6 +35,7 @@ import torch
 
 from patentgpt.data.chat_loader import WeightedStream, rank_slices, render_chat
 from patentgpt.errors import ConfigError, DataError
+from patentgpt.io import atomic_write_text
 from patentgpt.train.config import PPOConfig
 from patentgpt.train.lm import CausalLMStage
 from patentgpt.train.stages.ppo import rollout as ro
@@ -84,6 +85,7 @@ class RolloutBuffer:
         self.kl = KLController(p.kl_coef, p.kl_target, p.kl_horizon)
         self.reward_norm = RunningMoments()
         self.queue: list[list[dict]] = []
+        self.resumed_at: int | None = None  # the iteration a resumed run starts from (None: a fresh run)
 
     def next_step(self) -> list[dict]:
         if not self.queue:
@@ -102,9 +104,18 @@ class RolloutBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
         self.iteration = int(state["iteration"])
+        self.resumed_at = self.iteration
         self.kl.load_state_dict(state["kl"])
         self.reward_norm.load_state_dict(state["reward_norm"])
         self.queue = []
+
+
+def _iteration_of(line: str) -> float:
+    """A log record's iteration; a torn or unreadable line counts as after every checkpoint."""
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def all_gather(obj, world: int) -> list:
@@ -381,9 +392,7 @@ class PPOStage(CausalLMStage):
                          "response": tok.decode(roll["response"][i, :L].tolist(), skip_special_tokens=True),
                          "score": float(score[i]), "rm_score": float(rm[i]), "fn_reward": float(prog[i]),
                          "kl": float(kl_seq[i])})
-        self.samples_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.samples_path, "a", encoding="utf-8") as fh:  # an append-only log, like metrics.jsonl
-            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._append_log(self.samples_path, rows)
         try:
             import wandb
 
@@ -489,10 +498,24 @@ class PPOStage(CausalLMStage):
         if self.ctx.rank != 0:
             return
         it = self.buffer.iteration if getattr(self, "buffer", None) is not None else 0
-        path = self.ctx.run_dir / "heldout.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._append_log(self.ctx.run_dir / "heldout.jsonl", [{"iteration": it, **r} for r in rows])
+
+    def _append_log(self, path: Path, rows: list[dict]) -> None:
+        """Append to an append-only JSONL log of the run (like metrics.jsonl). The first append of
+        this process keeps only the records of iterations up to the checkpoint it resumed from
+        (none in a fresh run), so a relaunch in the same run directory starts the log anew."""
+        started = self.__dict__.setdefault("_logs_started", set())
+        if path not in started:
+            started.add(path)
+            keep_upto = self.buffer.resumed_at if getattr(self, "buffer", None) is not None else None
+            old = []
+            if path.is_file() and keep_upto is not None:
+                old = [line for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.strip() and _iteration_of(line) <= keep_upto]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, "".join(line + "\n" for line in old))
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps({"iteration": it, **r}, ensure_ascii=False) + "\n" for r in rows))
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     # -- core hooks ---------------------------------------------------------------------------
     def states(self):
