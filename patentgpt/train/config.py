@@ -327,6 +327,8 @@ class PPOSection(Section):
     whiten_advantages: bool = True
     critic_lr: float = Field(9e-6, gt=0, description="critic learning rate (same schedule shape as optim.lr)")
     samples_per_iteration: int = Field(4, ge=0, description="responses written to samples.jsonl per iteration")
+    eval_samples: int = Field(1, ge=1, description="sampled responses per held-out prompt (their mean reward is "
+                              "the prompt's: less sampling noise in val/reward)")
 
 
 class PPOConfig(TrainConfigBase):

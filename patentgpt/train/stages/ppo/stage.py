@@ -35,6 +35,7 @@ import torch
 
 from patentgpt.data.chat_loader import WeightedStream, rank_slices, render_chat
 from patentgpt.errors import ConfigError, DataError
+from patentgpt.io import atomic_write_text
 from patentgpt.train.config import PPOConfig
 from patentgpt.train.lm import CausalLMStage
 from patentgpt.train.stages.ppo import rollout as ro
@@ -84,6 +85,7 @@ class RolloutBuffer:
         self.kl = KLController(p.kl_coef, p.kl_target, p.kl_horizon)
         self.reward_norm = RunningMoments()
         self.queue: list[list[dict]] = []
+        self.resumed_at: int | None = None  # the iteration a resumed run starts from (None: a fresh run)
 
     def next_step(self) -> list[dict]:
         if not self.queue:
@@ -102,9 +104,18 @@ class RolloutBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
         self.iteration = int(state["iteration"])
+        self.resumed_at = self.iteration
         self.kl.load_state_dict(state["kl"])
         self.reward_norm.load_state_dict(state["reward_norm"])
         self.queue = []
+
+
+def _iteration_of(line: str) -> float:
+    """A log record's iteration; a torn or unreadable line counts as after every checkpoint."""
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def all_gather(obj, world: int) -> list:
@@ -381,9 +392,7 @@ class PPOStage(CausalLMStage):
                          "response": tok.decode(roll["response"][i, :L].tolist(), skip_special_tokens=True),
                          "score": float(score[i]), "rm_score": float(rm[i]), "fn_reward": float(prog[i]),
                          "kl": float(kl_seq[i])})
-        self.samples_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.samples_path, "a", encoding="utf-8") as fh:  # an append-only log, like metrics.jsonl
-            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._append_log(self.samples_path, rows)
         try:
             import wandb
 
@@ -448,22 +457,65 @@ class PPOStage(CausalLMStage):
     # -- held-out prompts -----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, engine, ctx):
-        """Mean reward, KL to the reference and response length of sampled responses to held-out
-        prompts (the same seeds every time)."""
+        """Reward, KL to the reference and response length of sampled responses to held-out prompts
+        (``ppo.eval_samples`` each, the same seeds every time). The reward is the reward model's RAW
+        score (plus the weighted programmatic reward): the running normaliser of the rollouts
+        changes during training, so a normalised held-out reward would put "before" and "after" on
+        different scales. Its spread over the prompts (of each prompt's mean over its samples)
+        comes with it, and every response and score goes to ``heldout.jsonl`` (so before / after
+        can be paired prompt by prompt)."""
         if not self.eval_prompts:
             return {}
-        g = self.cfg.ppo.generation_batch_size
-        scores, kls, lengths = [], [], []
-        for c in range(0, len(self.eval_prompts), g):
-            d = self._chunk(self.eval_prompts[c:c + g], ro.chunk_seed(self.cfg.run.seed, EVAL_ITERATION, c))
-            mask = d["response_mask"].float()
-            rm = d["rm"] if self.rm is None or not self.cfg.ppo.normalize_reward else \
-                (d["rm"] - self.buffer.reward_norm.mean) / self.buffer.reward_norm.std
-            scores.append(rm + self.cfg.ppo.reward_fn_weight * d["prog"])
-            kls.append((kl_per_token(d["old_logp"], d["ref_logp"], "k1") * mask).sum(-1))
-            lengths.append(mask.sum(-1))
-        return {"val/reward": float(torch.cat(scores).mean()), "val/kl": float(torch.cat(kls).mean()),
-                "val/response_length": float(torch.cat(lengths).mean())}
+        g, tok, k = self.cfg.ppo.generation_batch_size, self.tokenizer, self.cfg.ppo.eval_samples
+        scores, kls, lengths, rows = [], [], [], []
+        for sample in range(k):
+            for c in range(0, len(self.eval_prompts), g):
+                items = self.eval_prompts[c:c + g]
+                # sample 0 keeps the seeds of a one-sample evaluation
+                d = self._chunk(items, ro.chunk_seed(self.cfg.run.seed, EVAL_ITERATION - sample, c))
+                mask = d["response_mask"].float()
+                score = d["rm"] + self.cfg.ppo.reward_fn_weight * d["prog"]
+                kl = (kl_per_token(d["old_logp"], d["ref_logp"], "k1") * mask).sum(-1)
+                scores.append(score)
+                kls.append(kl)
+                lengths.append(mask.sum(-1))
+                for i, item in enumerate(items):
+                    L = int(mask[i].sum())
+                    rows.append({"prompt_index": c + i, "sample": sample, "prompt": item[1][-1]["content"],
+                                 "response": tok.decode(d["response"][i, :L].tolist(), skip_special_tokens=True),
+                                 "reward": float(score[i]), "rm_score": float(d["rm"][i]),
+                                 "finished": bool(d["finished"][i]), "kl": float(kl[i])})
+        s = torch.cat(scores).view(k, -1).mean(0)  # each prompt's mean reward over its samples
+        self._write_heldout(rows)
+        return {"val/reward": float(s.mean()), "val/reward_std": float(s.std()) if len(s) > 1 else 0.0,
+                "val/reward_sem": float(s.std() / math.sqrt(len(s))) if len(s) > 1 else 0.0,
+                "val/kl": float(torch.cat(kls).mean()), "val/response_length": float(torch.cat(lengths).mean()),
+                "val/finished_fraction": sum(r["finished"] for r in rows) / len(rows)}
+
+    def _write_heldout(self, rows: list[dict]) -> None:
+        """Append this evaluation's held-out responses to ``heldout.jsonl`` (rank 0; an append-only
+        log like samples.jsonl), tagged with the PPO iteration (0 = before training)."""
+        if self.ctx.rank != 0:
+            return
+        it = self.buffer.iteration if getattr(self, "buffer", None) is not None else 0
+        self._append_log(self.ctx.run_dir / "heldout.jsonl", [{"iteration": it, **r} for r in rows])
+
+    def _append_log(self, path: Path, rows: list[dict]) -> None:
+        """Append to an append-only JSONL log of the run (like metrics.jsonl). The first append of
+        this process keeps only the records of iterations up to the checkpoint it resumed from
+        (none in a fresh run), so a relaunch in the same run directory starts the log anew."""
+        started = self.__dict__.setdefault("_logs_started", set())
+        if path not in started:
+            started.add(path)
+            keep_upto = self.buffer.resumed_at if getattr(self, "buffer", None) is not None else None
+            old = []
+            if path.is_file() and keep_upto is not None:
+                old = [line for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.strip() and _iteration_of(line) <= keep_upto]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, "".join(line + "\n" for line in old))
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     # -- core hooks ---------------------------------------------------------------------------
     def states(self):
