@@ -29,6 +29,7 @@ LABELS = {
     "patentgpt": "PatentGPT (`patentgpt pretrain`, DeepSpeed)",
     "patentgpt_autocast": "PatentGPT, fp32 weights + `train.autocast` (bf16)",
     "patentgpt_compile": "PatentGPT with `train.compile` (`torch.compile`)",
+    "patentgpt_autocast_compile": "PatentGPT, fp32 weights + `train.autocast` + `train.compile`",
     "trainer_packed": "HF `Trainer`, packed blocks (`group_texts`)",
     "trainer_packed_compile": "HF `Trainer`, packed blocks, `torch_compile=True`",
     "trainer_flatten": "HF `Trainer`, `DataCollatorWithFlattening`",

@@ -7,6 +7,7 @@ harness's A B C.. / ..C B A order, so machine noise lands on every side):
 - ``patentgpt``: ``patentgpt pretrain`` (Trainer.fit on DeepSpeed, packed shards);
 - ``patentgpt_autocast`` (bf16 only): the same with fp32 weights and ``train.autocast`` (bf16 autocast);
 - ``patentgpt_compile``: the same with ``train.compile`` (``torch.compile`` through DeepSpeed's engine);
+- ``patentgpt_autocast_compile`` (bf16 only): fp32 weights, bf16 autocast and ``train.compile``;
 - ``trainer_packed``: ``transformers.Trainer`` on packed blocks (``group_texts``, as transformers' run_clm);
 - ``trainer_packed_compile``: the same with the Trainer's own ``torch_compile=True``;
 - ``trainer_flatten``: ``Trainer`` with ``DataCollatorWithFlattening`` (each batch one row, position_ids
@@ -49,8 +50,8 @@ MODEL = ["model.hidden_size=256", "model.intermediate_size=688", "model.num_laye
          "model.num_kv_heads=8", "model.max_position_embeddings=4096"]
 FILES = ["uspto_fulltext.jsonl", "historical_us_ocr.jsonl", "patentsview_abstracts.jsonl",
          "tfh_annotated_abstracts.jsonl"]
-VARIANTS = ["patentgpt", "patentgpt_autocast", "patentgpt_compile", "trainer_packed", "trainer_packed_compile",
-            "trainer_flatten", "trainer_padded", "torch_loop"]
+VARIANTS = ["patentgpt", "patentgpt_autocast", "patentgpt_compile", "patentgpt_autocast_compile", "trainer_packed",
+            "trainer_packed_compile", "trainer_flatten", "trainer_padded", "torch_loop"]
 LR, WARMUP_LR_STEPS = 2e-3, 2
 
 
@@ -332,7 +333,7 @@ def main() -> None:
 
         for precision in args.precision:
             peak = run_peak(None, DTYPES[precision])
-            names = [n for n in args.variants if precision == "bf16" or n != "patentgpt_autocast"]
+            names = [n for n in args.variants if precision == "bf16" or not n.startswith("patentgpt_autocast")]
             plan = [(args.mix, names)] + [(m, [v for v in ("patentgpt", "trainer_padded")
                                                         if v in args.variants]) for m in mixes[1:]]
             for mix, names in plan:
