@@ -19,6 +19,7 @@ import yaml
 from patentgpt.config import ConfigError, load_config
 from patentgpt.train.config import PretrainConfig
 from tests.conftest import CORPUS, REPO
+from tests.test_moe_kernels import _uneven
 
 TOLERANCE = 1e-5
 MOE = REPO / "configs" / "pretrain" / "demo_moe.yaml"
@@ -104,14 +105,7 @@ def test_block_with_idle_experts():
     model = _model()
     block = model.model.layers[0].mlp
     hidden = block.gate.weight.shape[1]
-    with torch.no_grad():
-        w = block.gate.weight
-        w.fill_(-1.0)
-        w[0] = 3.0
-        w[1] = 0.0
-        w[2] = 0.0
-        w[1, : hidden // 2] = torch.rand(hidden // 2) * 2
-        w[2, hidden // 2:] = torch.rand(hidden - hidden // 2) * 2
+    _uneven(block)
     ep_block = _expert_parallel_copy(model).model.layers[0].mlp
     torch.manual_seed(1)
     x0 = torch.rand(2, 24, hidden)
