@@ -123,6 +123,14 @@ def step_grad_norm(engine):
     return norm if norm is not None else engine.get_global_grad_norm()
 
 
+def grad_norm_before_step(engine, cfg: TrainConfigBase) -> float | None:
+    """The norm that must be taken before ``engine.step()`` clears the gradients: ZeRO-0 without the
+    foreach clip (DeepSpeed reports none there); None where ``step_grad_norm`` has it after the step."""
+    if cfg.deepspeed.zero_stage != 0 or hasattr(engine, "clip_norm"):
+        return None
+    return stage0_grad_norm(engine)
+
+
 def stage0_grad_norm(engine) -> float:
     """Global gradient norm before clipping; without ZeRO, DeepSpeed does not report it."""
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]

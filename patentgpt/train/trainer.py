@@ -84,7 +84,7 @@ class Trainer:
         from patentgpt.train.checkpoint import (clean_incomplete, latest_checkpoint, load_checkpoint, needs_universal,
                                                 save_checkpoint)
         from patentgpt.train.dist import all_reduce_sum, barrier, init_distributed
-        from patentgpt.train.engine import (deepspeed_config, make_engine, model_construction, stage0_grad_norm,
+        from patentgpt.train.engine import (deepspeed_config, grad_norm_before_step, make_engine, model_construction,
                                             step_grad_norm)
         from patentgpt.train.export import export_checkpoint
         from patentgpt.train.guard import LossGuard
@@ -214,8 +214,7 @@ class Trainer:
             reason = "no_targets" if targets == 0 else guard.check(step_loss)
             optimizer.skip_next = reason is not None
             log_now = stage.log_step or reason is not None
-            full_grad_norm = (stage0_grad_norm(engine) if log_now and cfg.deepspeed.zero_stage == 0
-                              and not hasattr(engine, "clip_norm") else None)
+            full_grad_norm = grad_norm_before_step(engine, cfg) if log_now else None
             engine.step()  # the accumulation boundary: update (or skip) and clear gradients
             guard.record(step_loss, reason, done)
             progress.tokens_seen += tokens_per_step
