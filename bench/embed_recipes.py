@@ -52,7 +52,8 @@ def main() -> None:
         if args.dev_only:
             print(json.dumps({"config": args.config, "overrides": args.overrides, "recipe": cfg.recipe,
                               "examples": summary["examples"], "train_seconds": summary["train_seconds"],
-                              "train_loss": summary["train_loss"], "fine_tuned_dev": dev}, indent=2))
+                              "train_loss": summary["train_loss"], "fine_tuned_dev": dev,
+                              "dev_curve": summary.get("dev_curve")}, indent=2))
             return
     # a cross-encoder's untrained head has no zero-shot figure: compare with the zero-shot bi-encoder there
     base, tuned = summary.get("base", {"headline": None, "metrics": None}), summary["fine_tuned"]

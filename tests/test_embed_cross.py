@@ -57,6 +57,8 @@ def test_cross_recipe_trains_on_real_pairs_and_scores_through_the_runner(shared_
     assert all(" [SEP] " in b for b in cols["sentence2"])        # the CPC title rides with the target
     summary = train(cfg)
     assert summary["examples"] == 64 and (tmp_path / "ce.train.json").is_file()
+    assert [c["epoch"] for c in summary["dev_curve"]] == [1.0, 2.0]   # dev part scored at each epoch's end
+    assert all(-1 <= c["pearson"] <= 1 and c["pearson"] != 0 for c in summary["dev_curve"])
     pairs, gold = list(zip(cols["sentence1"], cols["sentence2"])), np.array(cols["score"])
     tuned = CrossEncoder(str(tmp_path / "ce"), device="cpu")
     fit = {name: metrics.pair_scores(m.predict(pairs, batch_size=64), gold)["pearson"]

@@ -97,6 +97,37 @@ def test_phrase_matching_split_is_anchor_disjoint(shared_data):
     assert 0.6 < share["train"] < 0.8 and 0.1 < share["test"] < 0.3 and share["dev"] > 0.03
 
 
+def test_sibling_column_lists_the_other_targets_of_the_group_within_one_part(tmp_path):
+    """``siblings``: each row sees the other targets of its (anchor, context) group, never its own,
+    never a row of another split part; a bad score is set aside, a missing column names itself."""
+    data = tmp_path / "pairs.csv"
+    rows = [("bolt", "screw", "F16", "1.0"), ("bolt", "nut", "F16", "0.5"), ("bolt", "lightning", "H01", "0.25"),
+            ("bolt", "rivet", "F16", "x"), ("gear", "cog", "F16", "0.75"), ("gear", "bike", "F16", "0.25")]
+    with open(data, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["anchor", "target", "context", "label"])
+        w.writerows(rows)
+    task = tmp_path / "t.yaml"
+    task.write_text(f"name: t\nkind: similarity\ndata: ['{data}']\ntext_b: '{{target}} [SEP] {{targets}}'\n"
+                    "siblings: {by: [anchor, context], field: target, name: targets}\n"
+                    "split: {key: anchor, test_fraction: 0.5}\n")
+    cfg = load_task(task)
+    got, rejects = read_pairs(data, cfg)
+    assert rejects == [{"line": 5, "reason": "bad_score"}] and len(got) == 5
+    by_b = {r["b"].split(" [SEP] ")[0]: r for r in got}
+    assert by_b["screw"]["b"] == "screw [SEP] nut" and by_b["nut"]["b"] == "nut [SEP] screw"   # rivet's score was bad
+    assert by_b["lightning"]["b"] == "lightning [SEP] "                      # alone in its context
+    assert by_b["cog"]["b"] == "cog [SEP] bike"
+    per_row = load_task(task, ["split={key: target, test_fraction: 0.5}"])   # splits the F16 bolt group
+    split_rows, _ = read_pairs(data, per_row)
+    assert len({r["part"] for r in split_rows if r["b"].split(" [SEP] ")[0] in ("screw", "nut")}) == 2
+    for r in split_rows:   # siblings are keyed by (part, anchor, context): a split group shares no mates
+        mates = [m for m in r["b"].split(" [SEP] ")[1].split("; ") if m]
+        assert all(next(x for x in split_rows if x["b"].startswith(m + " [SEP]"))["part"] == r["part"] for m in mates)
+    with pytest.raises(ConfigError, match="siblings: column 'ctx'"):
+        read_pairs(data, load_task(task, ["siblings={by: [anchor, ctx], field: target}"]))
+
+
 @pytest.mark.shared_data
 def test_phrase_context_task_keeps_the_split_and_scores_dev_apart(shared_data):
     plain, ctx = (load_task(find_tasks([n])[0]) for n in ("phrase_matching", "phrase_matching_context"))

@@ -67,7 +67,9 @@ def test_phrase_recipe_fits_its_training_pairs(tmp_path, shared_data):
                        "phrase_loss=cosine", "max_seq_length=16", "evaluate=false"])
     task = load_task(find_tasks([cfg.task])[0], ["limit=400"])
     cols = training_examples(cfg, task, random.Random(cfg.seed))
-    train(cfg)
+    summary = train(cfg)
+    assert [c["epoch"] for c in summary["dev_curve"]] == [1.0, 2.0]   # the dev part, scored at each epoch's end
+    assert all(0.3 < c["pearson"] < 1 and 0.3 < c["spearman"] < 1 for c in summary["dev_curve"])
     base, tuned = Embedder(), Embedder(tmp_path / "phrase")
     fit = {name: metrics.similarity(m.encode(cols["sentence1"]), m.encode(cols["sentence2"]),
                                     np.array(cols["score"]))["pearson"] for name, m in (("base", base), ("tuned", tuned))}

@@ -60,6 +60,17 @@ class DomainSpec(Section):
     chars: int | None = 3
 
 
+class SiblingSpec(Section):
+    """A derived column ``name`` for similarity rows: the ``field`` values of the other rows that share
+    the ``by`` columns (in the same split part, so nothing crosses train/dev/test), joined by ``sep``;
+    templates use it as ``{name}`` (e.g. the other targets of an anchor, the context a pair alone lacks)."""
+
+    by: list[str]
+    field: str
+    name: str = "siblings"
+    sep: str = "; "
+
+
 class TaskConfig(Section):
     name: str
     kind: Literal["retrieval", "classification", "clustering", "similarity"]
@@ -88,6 +99,7 @@ class TaskConfig(Section):
     text_a: str = "{anchor}"
     text_b: str = "{target}"
     score: str = "label"
+    siblings: SiblingSpec | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -144,17 +156,39 @@ def label_list(record: dict, field: str, chars: int | None) -> list[str]:
 def read_pairs(path: Path, cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
     """Similarity rows of a CSV as {a, b, score, key, part}; rows with a bad score or a missing
     column are set aside with a reason."""
-    rows, rejects = [], []
+    raw, rejects = [], []
     with open(path, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.DictReader(fh), 2):
             try:
                 score = float(row[cfg.score])
-                a, b = cfg.text_a.format(**row), cfg.text_b.format(**row)
             except KeyError as exc:
-                raise ConfigError(f"{cfg.name}: column {exc} named by text_a/text_b/score is not in {path}") from None
+                raise ConfigError(f"{cfg.name}: column {exc} named by score is not in {path}") from None
             except (TypeError, ValueError):
                 rejects.append({"line": lineno, "reason": "bad_score"})
                 continue
             key = str(row.get(cfg.split.key) if cfg.split.key else row.get("id", lineno))
-            rows.append({"a": a, "b": b, "score": score, "part": cfg.split.part(row, key)})
+            raw.append((row, score, cfg.split.part(row, key)))
+    if cfg.siblings:
+        add_siblings(raw, cfg.siblings, path)
+    rows = []
+    for row, score, part in raw:
+        try:
+            a, b = cfg.text_a.format(**row), cfg.text_b.format(**row)
+        except KeyError as exc:
+            raise ConfigError(f"{cfg.name}: column {exc} named by text_a/text_b is not in {path}") from None
+        rows.append({"a": a, "b": b, "score": score, "part": part})
     return rows, rejects
+
+
+def add_siblings(raw: list[tuple[dict, float, str]], spec: SiblingSpec, path: Path) -> None:
+    groups: dict[tuple, list[str]] = {}
+    for row, _, part in raw:
+        try:
+            key, value = (part, *(row[c] for c in spec.by)), row[spec.field]
+        except KeyError as exc:
+            raise ConfigError(f"siblings: column {exc} is not in {path}") from None
+        if value not in groups.setdefault(key, []):
+            groups[key].append(value)
+    for row, _, part in raw:
+        mates = groups[(part, *(row[c] for c in spec.by))]
+        row[spec.name] = spec.sep.join(v for v in mates if v != row[spec.field])

@@ -84,15 +84,32 @@ def section_pairs(records, sections: list[str]) -> list[tuple[str, str]]:
     return [p for p in pairs if p[0].strip() and p[1].strip()]
 
 
+def pair_rows(task, part: str) -> list[dict]:
+    """The (a, b, score) rows of a similarity task's ``part`` (train / dev / test)."""
+    from patentgpt.embed.taskdef import read_pairs, resolve
+
+    return [r for path in map(resolve, task.data) for r in read_pairs(path, task)[0] if r["part"] == part]
+
+
+def dev_curve(history) -> list[dict]:
+    """Per-epoch dev figures the trainer's evaluator logged (``eval_*pearson*`` / ``*spearman*``)."""
+    curve = []
+    for entry in history:
+        keys = [k for k in entry if k.startswith("eval_") and ("pearson" in k or "spearman" in k)]
+        if keys:
+            curve.append({"epoch": round(entry.get("epoch", 0.0), 2),
+                          **{("pearson" if "pearson" in k else "spearman"): round(entry[k], 4) for k in keys}})
+    return curve
+
+
 def training_examples(cfg: EmbedTrainConfig, task, rng: random.Random) -> dict[str, list]:
     """Columns of the training set: (anchor, positive) for R1-R4, (sentence1, sentence2, score) for phrase."""
-    from patentgpt.embed.taskdef import read_pairs, resolve
     from patentgpt.embed.tasks import load_records
 
     if cfg.recipe in PAIR_RECIPES:
         if task.kind != "similarity":
             raise ConfigError(f"task: recipe {cfg.recipe} needs a similarity task, {task.name} is {task.kind}")
-        rows = [r for path in map(resolve, task.data) for r in read_pairs(path, task)[0] if r["part"] == "train"]
+        rows = pair_rows(task, "train")
         rng.shuffle(rows)
         rows = rows[: cfg.max_pairs]
         return {"sentence1": [r["a"] for r in rows], "sentence2": [r["b"] for r in rows],
@@ -122,6 +139,7 @@ def train(cfg: EmbedTrainConfig) -> dict:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     from sentence_transformers.sentence_transformer.losses import (AnglELoss, CoSENTLoss, CosineSimilarityLoss,
                                                                    MultipleNegativesRankingLoss)
     from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
@@ -148,13 +166,17 @@ def train(cfg: EmbedTrainConfig) -> dict:
         loss = MultipleNegativesRankingLoss(model)
     out = Path(cfg.output_dir)
     stage = stage_dir(out)
+    dev = pair_rows(task, "dev") if cfg.recipe == "phrase" else []   # scored at each epoch's end
+    evaluator = (EmbeddingSimilarityEvaluator([r["a"] for r in dev], [r["b"] for r in dev], [r["score"] for r in dev],
+                                              name="dev", batch_size=128, write_csv=False) if dev else None)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
-        logging_steps=10, use_cpu=True, dataloader_num_workers=0,
+        logging_steps=10, use_cpu=True, dataloader_num_workers=0, eval_strategy="epoch" if dev else "no",
         batch_sampler=BatchSamplers.BATCH_SAMPLER if cfg.recipe == "phrase" else BatchSamplers.NO_DUPLICATES)
     t0 = time.time()
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss,
+                                         evaluator=evaluator)
     history = trainer.train()
     import shutil
 
@@ -163,7 +185,7 @@ def train(cfg: EmbedTrainConfig) -> dict:
     publish_dir(stage, out)
     summary = {"recipe": cfg.recipe, "task": task.name, "base_model": base, "output_dir": str(out),
                "examples": len(next(iter(columns.values()))), "train_loss": history.training_loss,
-               "train_seconds": round(time.time() - t0, 1)}
+               "dev_curve": dev_curve(trainer.state.log_history), "train_seconds": round(time.time() - t0, 1)}
     if cfg.evaluate:
         from patentgpt.embed.extract import Embedder
         from patentgpt.embed.tasks import run_task
@@ -181,6 +203,7 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MSELoss
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
@@ -192,20 +215,25 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
             else MSELoss(model, activation_fn=torch.nn.Sigmoid()))
     out = Path(cfg.output_dir)
     stage = stage_dir(out)
+    dev = pair_rows(task, "dev")   # scored at each epoch's end: the dev curve of the summary
     args = CrossEncoderTrainingArguments(
         output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
-        logging_steps=10, use_cpu=True, dataloader_num_workers=0)
+        logging_steps=10, use_cpu=True, dataloader_num_workers=0,
+        eval_strategy="epoch" if dev else "no")
     data = Dataset.from_dict({"sentence1": columns["sentence1"], "sentence2": columns["sentence2"],
                               "label": columns["score"]})
+    evaluator = (CrossEncoderCorrelationEvaluator([[r["a"], r["b"]] for r in dev], [r["score"] for r in dev],
+                                                  name="dev", batch_size=128, write_csv=False) if dev else None)
     t0 = time.time()
-    history = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, evaluator=evaluator)
+    history = trainer.train()
     shutil.rmtree(stage / "_trainer", ignore_errors=True)
     model.save(str(stage))
     publish_dir(stage, out)
     summary = {"recipe": cfg.recipe, "task": task.name, "base_model": base, "output_dir": str(out),
                "examples": len(data), "train_loss": history.training_loss,
-               "train_seconds": round(time.time() - t0, 1)}
+               "dev_curve": dev_curve(trainer.state.log_history), "train_seconds": round(time.time() - t0, 1)}
     if cfg.evaluate:   # the untrained head is the base: a cross-encoder has no zero-shot similarity
         from patentgpt.embed.extract import load_scorer
         from patentgpt.embed.tasks import run_task
