@@ -180,6 +180,16 @@ def read_pairs(path: Path, cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
     return rows, rejects
 
 
+def read_task_pairs(cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
+    """The similarity rows of every data file of ``cfg`` (each row names its split ``part``), and the rejects."""
+    rows, rejects = [], []
+    for path in map(resolve, cfg.data):
+        r, rej = read_pairs(path, cfg)
+        rows += r
+        rejects += rej
+    return rows, rejects
+
+
 def add_siblings(raw: list[tuple[dict, float, str]], spec: SiblingSpec, path: Path) -> None:
     groups: dict[tuple, list[str]] = {}
     for row, _, part in raw:

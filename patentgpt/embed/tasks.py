@@ -9,7 +9,7 @@ import numpy as np
 
 from patentgpt.config import ConfigError
 from patentgpt.embed import fusion, metrics
-from patentgpt.embed.taskdef import TaskConfig, label_list, read_pairs, resolve
+from patentgpt.embed.taskdef import TaskConfig, label_list, read_task_pairs, resolve
 from patentgpt.embed.views import record_id, render_view
 
 
@@ -148,11 +148,7 @@ def run_clustering(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
 
 
 def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
-    rows, rejects = [], []
-    for path in map(resolve, cfg.data):
-        r, rej = read_pairs(path, cfg)
-        rows += r
-        rejects += rej
+    rows, rejects = read_task_pairs(cfg)
     test = [r for r in rows if r["part"] == cfg.eval_part][: cfg.limit]
     gold = np.array([r["score"] for r in test])
     if hasattr(embedder, "score_pairs"):   # a cross-encoder scores each pair jointly

@@ -84,11 +84,19 @@ def section_pairs(records, sections: list[str]) -> list[tuple[str, str]]:
     return [p for p in pairs if p[0].strip() and p[1].strip()]
 
 
-def pair_rows(task, part: str) -> list[dict]:
-    """The (a, b, score) rows of a similarity task's ``part`` (train / dev / test)."""
-    from patentgpt.embed.taskdef import read_pairs, resolve
+def dev_evaluator(dev: list[dict], *, cross: bool):
+    """The evaluator that scores the task's dev rows at each epoch's end (Pearson / Spearman), or None
+    without dev rows: a CrossEncoder's for ``cross``, else the bi-encoder's cosine one."""
+    if not dev:
+        return None
+    kw = {"name": "dev", "batch_size": 128, "write_csv": False}
+    if cross:
+        from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
 
-    return [r for path in map(resolve, task.data) for r in read_pairs(path, task)[0] if r["part"] == part]
+        return CrossEncoderCorrelationEvaluator([[r["a"], r["b"]] for r in dev], [r["score"] for r in dev], **kw)
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    return EmbeddingSimilarityEvaluator([r["a"] for r in dev], [r["b"] for r in dev], [r["score"] for r in dev], **kw)
 
 
 def dev_curve(history) -> list[dict]:
@@ -102,14 +110,17 @@ def dev_curve(history) -> list[dict]:
     return curve
 
 
-def training_examples(cfg: EmbedTrainConfig, task, rng: random.Random) -> dict[str, list]:
-    """Columns of the training set: (anchor, positive) for R1-R4, (sentence1, sentence2, score) for phrase."""
+def training_examples(cfg: EmbedTrainConfig, task, rng: random.Random,
+                      pairs: list[dict] | None = None) -> dict[str, list]:
+    """Columns of the training set: (anchor, positive) for R1-R4, (sentence1, sentence2, score) for the pair
+    recipes, from the train part of ``pairs`` (the task's rows, read here when not given)."""
+    from patentgpt.embed.taskdef import read_task_pairs
     from patentgpt.embed.tasks import load_records
 
     if cfg.recipe in PAIR_RECIPES:
         if task.kind != "similarity":
             raise ConfigError(f"task: recipe {cfg.recipe} needs a similarity task, {task.name} is {task.kind}")
-        rows = pair_rows(task, "train")
+        rows = [r for r in (read_task_pairs(task)[0] if pairs is None else pairs) if r["part"] == "train"]
         rng.shuffle(rows)
         rows = rows[: cfg.max_pairs]
         return {"sentence1": [r["a"] for r in rows], "sentence2": [r["b"] for r in rows],
@@ -139,14 +150,13 @@ def train(cfg: EmbedTrainConfig) -> dict:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     from sentence_transformers.sentence_transformer.losses import (AnglELoss, CoSENTLoss, CosineSimilarityLoss,
                                                                    MultipleNegativesRankingLoss)
     from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
                                                                           SentenceTransformerTrainingArguments)
 
     from patentgpt.embed.extract import default_model_dir, stage_dir
-    from patentgpt.embed.taskdef import find_tasks, load_task
+    from patentgpt.embed.taskdef import find_tasks, load_task, read_task_pairs
     from patentgpt.io import atomic_write_json, publish_dir
 
     task = load_task(find_tasks([cfg.task])[0])
@@ -154,10 +164,12 @@ def train(cfg: EmbedTrainConfig) -> dict:
         raise FileNotFoundError(f"task {task.name}: data not found: {', '.join(map(str, task.missing()))}")
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    columns = training_examples(cfg, task, rng)
+    pairs = read_task_pairs(task)[0] if cfg.recipe in PAIR_RECIPES else None
+    columns = training_examples(cfg, task, rng, pairs)
+    dev = [r for r in pairs or [] if r["part"] == "dev"]   # scored at each epoch's end: the summary's dev curve
     base = cfg.base_model or str(default_model_dir())
     if cfg.recipe == "phrase_cross":
-        return train_cross(cfg, task, columns, base)
+        return train_cross(cfg, task, columns, base, dev)
     model = SentenceTransformer(base, device="cpu")
     model.max_seq_length = cfg.max_seq_length
     if cfg.recipe == "phrase":
@@ -166,9 +178,7 @@ def train(cfg: EmbedTrainConfig) -> dict:
         loss = MultipleNegativesRankingLoss(model)
     out = Path(cfg.output_dir)
     stage = stage_dir(out)
-    dev = pair_rows(task, "dev") if cfg.recipe == "phrase" else []   # scored at each epoch's end
-    evaluator = (EmbeddingSimilarityEvaluator([r["a"] for r in dev], [r["b"] for r in dev], [r["score"] for r in dev],
-                                              name="dev", batch_size=128, write_csv=False) if dev else None)
+    evaluator = dev_evaluator(dev, cross=False)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
@@ -196,14 +206,14 @@ def train(cfg: EmbedTrainConfig) -> dict:
     return summary
 
 
-def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str) -> dict:
-    """``phrase_cross``: a sentence-transformers CrossEncoder (one logit) on the task's (a, b, score) rows."""
+def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str, dev: list[dict]) -> dict:
+    """``phrase_cross``: a sentence-transformers CrossEncoder (one logit) on the task's (a, b, score) rows,
+    scored on the ``dev`` rows at each epoch's end."""
     import shutil
 
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
-    from sentence_transformers.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MSELoss
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
@@ -215,7 +225,6 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
             else MSELoss(model, activation_fn=torch.nn.Sigmoid()))
     out = Path(cfg.output_dir)
     stage = stage_dir(out)
-    dev = pair_rows(task, "dev")   # scored at each epoch's end: the dev curve of the summary
     args = CrossEncoderTrainingArguments(
         output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
@@ -223,8 +232,7 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
         eval_strategy="epoch" if dev else "no")
     data = Dataset.from_dict({"sentence1": columns["sentence1"], "sentence2": columns["sentence2"],
                               "label": columns["score"]})
-    evaluator = (CrossEncoderCorrelationEvaluator([[r["a"], r["b"]] for r in dev], [r["score"] for r in dev],
-                                                  name="dev", batch_size=128, write_csv=False) if dev else None)
+    evaluator = dev_evaluator(dev, cross=True)
     t0 = time.time()
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, evaluator=evaluator)
     history = trainer.train()
