@@ -10,7 +10,9 @@ import pytest
 from patentgpt.config import ConfigError, load_config
 from patentgpt.embed import metrics
 from patentgpt.embed.evaluate import evaluate
-from patentgpt.embed.extract import CrossScorer, Embedder, default_model_dir, is_cross_encoder, load_scorer
+from patentgpt.embed.cli import _model_specs
+from patentgpt.embed.extract import (CrossEnsemble, CrossScorer, Embedder, default_model_dir, is_cross_encoder,
+                                     load_scorer)
 from patentgpt.embed.taskdef import find_tasks, load_task
 from patentgpt.embed.tasks import run_task
 from patentgpt.embed.train import EmbedTrainConfig, train, training_examples
@@ -67,3 +69,29 @@ def test_cross_recipe_trains_on_real_pairs_and_scores_through_the_runner(shared_
     held_out = run_task(task, load_scorer(tmp_path / "ce"))
     assert held_out["status"] == "ok" and held_out["pooling"] == "cross-encoder"
     assert held_out["metrics"]["pairs"] == 64 and -1 <= held_out["headline"]["pearson"] <= 1
+
+
+def test_one_label_on_several_cross_encoders_scores_with_their_mean(untrained_cross, tmp_path):
+    """``--model ens=A --model ens=B``: one ensemble whose pair scores are the mean of A's and B's; an
+    encoder (no pair head) in an ensemble is refused by name."""
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    CrossEncoder(str(default_model_dir()), num_labels=1, max_length=32, device="cpu").save(str(other))
+    specs = _model_specs([f"ens={untrained_cross}", f"ens={other}", f"single={other}"], None)
+    assert specs["ens"]["model_dir"] == [str(untrained_cross), str(other)]
+    assert specs["single"]["model_dir"] == str(other)
+    ens = load_scorer(specs["ens"]["model_dir"])
+    assert isinstance(ens, CrossEnsemble) and isinstance(load_scorer([str(other)]), CrossScorer)
+    pairs = [("abatement", "eliminating process"), ("abatement", "forest region"),
+             ("acid absorption", "hydrochloric acid absorption")]
+    members = [CrossScorer(d).score_pairs(pairs) for d in (untrained_cross, other)]
+    assert not np.allclose(members[0], members[1])                     # two different heads...
+    np.testing.assert_allclose(ens.score_pairs(pairs), (members[0] + members[1]) / 2, rtol=1e-5)   # ...averaged
+    assert ens.pooling == "cross-encoder ensemble" and str(other) in ens.model_dir
+    with pytest.raises(ConfigError, match=r"model: .* is not a cross-encoder export; an ensemble"):
+        load_scorer([str(untrained_cross), str(default_model_dir())])
+    with pytest.raises(ConfigError, match="pooling: an ensemble"):
+        load_scorer([str(untrained_cross), str(other)], pooling="mean")

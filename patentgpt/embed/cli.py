@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = esub.add_parser("eval", help="run embedding tasks (evals/embeddings/*.yaml) on one or more models")
     ev.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR",
                     help="model dir, repeatable; 'minilm' names the packaged all-MiniLM-L6-v2 (the default); "
-                         "a cross-encoder export (recipe phrase_cross) runs similarity tasks only")
+                         "a cross-encoder export (recipe phrase_cross) runs similarity tasks only; one LABEL given to "
+                         "several cross-encoder dirs scores with their ensemble (mean of pair scores)")
     ev.add_argument("--tasks", nargs="*", default=[], help="task names or YAML files (default: all)")
     ev.add_argument("--pooling", choices=POOLINGS)
     ev.add_argument("--dim", type=int)
@@ -79,13 +80,14 @@ def _extract(args) -> int:
 def _model_specs(models: list[str], pooling: str | None) -> dict[str, dict]:
     from pathlib import Path
 
-    specs = {}
+    dirs: dict[str, list] = {}
     for item in models or ["minilm"]:
         label, _, path = item.rpartition("=")
         path = None if path == "minilm" else path
         label = label or ("all-MiniLM-L6-v2" if path is None else Path(path).name)
-        specs[label] = {"model_dir": path, "pooling": pooling}
-    return specs
+        dirs.setdefault(label, []).append(path)   # a label given twice: an ensemble of its models
+    return {label: {"model_dir": paths if len(paths) > 1 else paths[0], "pooling": pooling}
+            for label, paths in dirs.items()}
 
 
 def _eval(args) -> int:

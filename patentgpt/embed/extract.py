@@ -194,9 +194,35 @@ class CrossScorer:
                           dtype=np.float32).reshape(len(pairs))
 
 
-def load_scorer(model_dir: str | Path | None = None, *, pooling: str | None = None,
-                max_length: int | None = None) -> Embedder | CrossScorer:
-    """An :class:`Embedder`, or a :class:`CrossScorer` when ``model_dir`` is a cross-encoder export."""
+class CrossEnsemble:
+    """Several cross-encoder exports scoring the same pairs: the mean of their sigmoid scores (members
+    trained with other seeds, lengths or learning rates err differently, so the mean correlates better)."""
+
+    pooling = "cross-encoder ensemble"
+
+    def __init__(self, model_dirs: list[str | Path], *, max_length: int | None = None):
+        for d in model_dirs:
+            if not is_cross_encoder(d):
+                raise ConfigError(f"model: {d} is not a cross-encoder export; an ensemble (one label given to "
+                                  f"several --model dirs) averages cross-encoder pair scores only")
+        self.members = [CrossScorer(d, max_length=max_length) for d in model_dirs]
+        self.model_dir = "+".join(str(m.model_dir) for m in self.members)
+
+    def score_pairs(self, pairs: list[tuple[str, str]], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        return np.mean([m.score_pairs(pairs, batch_size=batch_size, progress=progress) for m in self.members], axis=0)
+
+
+def load_scorer(model_dir: str | Path | list | None = None, *, pooling: str | None = None,
+                max_length: int | None = None) -> Embedder | CrossScorer | CrossEnsemble:
+    """An :class:`Embedder`, a :class:`CrossScorer` when ``model_dir`` is a cross-encoder export, or a
+    :class:`CrossEnsemble` when it is a list of several."""
+    if isinstance(model_dir, (list, tuple)):
+        if pooling:
+            raise ConfigError(f"pooling: an ensemble of {len(model_dir)} models averages cross-encoder scores "
+                              f"and has no pooling")
+        if len(model_dir) > 1:
+            return CrossEnsemble(list(model_dir), max_length=max_length)
+        model_dir = model_dir[0]
     if is_cross_encoder(model_dir):
         if pooling:
             raise ConfigError(f"pooling: {model_dir} is a cross-encoder: it scores pairs and has no pooling")
