@@ -99,6 +99,15 @@ def dev_evaluator(dev: list[dict], *, cross: bool):
     return EmbeddingSimilarityEvaluator([r["a"] for r in dev], [r["b"] for r in dev], [r["score"] for r in dev], **kw)
 
 
+def trainer_args(cfg: EmbedTrainConfig, stage: Path, dev: list[dict]) -> dict:
+    """Training arguments both sentence-transformers trainers take: the schedule of ``cfg`` on CPU, scratch
+    under ``stage``, no checkpoints, the dev rows scored at each epoch's end when there are any."""
+    return {"output_dir": str(stage / "_trainer"), "num_train_epochs": cfg.epochs,
+            "per_device_train_batch_size": cfg.batch_size, "learning_rate": cfg.lr, "warmup_steps": cfg.warmup_ratio,
+            "seed": cfg.seed, "report_to": "none", "save_strategy": "no", "logging_steps": 10, "use_cpu": True,
+            "dataloader_num_workers": 0, "eval_strategy": "epoch" if dev else "no"}
+
+
 def dev_curve(history) -> list[dict]:
     """Per-epoch dev figures the trainer's evaluator logged (``eval_*pearson*`` / ``*spearman*``)."""
     curve = []
@@ -180,9 +189,7 @@ def train(cfg: EmbedTrainConfig) -> dict:
     stage = stage_dir(out)
     evaluator = dev_evaluator(dev, cross=False)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
-        logging_steps=10, use_cpu=True, dataloader_num_workers=0, eval_strategy="epoch" if dev else "no",
+        **trainer_args(cfg, stage, dev),
         batch_sampler=BatchSamplers.BATCH_SAMPLER if cfg.recipe == "phrase" else BatchSamplers.NO_DUPLICATES)
     t0 = time.time()
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss,
@@ -225,11 +232,7 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
             else MSELoss(model, activation_fn=torch.nn.Sigmoid()))
     out = Path(cfg.output_dir)
     stage = stage_dir(out)
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(stage / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, report_to="none", save_strategy="no",
-        logging_steps=10, use_cpu=True, dataloader_num_workers=0,
-        eval_strategy="epoch" if dev else "no")
+    args = CrossEncoderTrainingArguments(**trainer_args(cfg, stage, dev))
     data = Dataset.from_dict({"sentence1": columns["sentence1"], "sentence2": columns["sentence2"],
                               "label": columns["score"]})
     evaluator = dev_evaluator(dev, cross=True)
