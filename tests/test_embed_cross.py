@@ -10,11 +10,12 @@ import pytest
 from patentgpt.config import ConfigError, load_config
 from patentgpt.embed import metrics
 from patentgpt.embed.evaluate import evaluate
+from patentgpt.embed.report import write_task_report
 from patentgpt.embed.cli import _model_specs
-from patentgpt.embed.extract import (CrossEnsemble, CrossScorer, Embedder, default_model_dir, is_cross_encoder,
+from patentgpt.embed.extract import (CrossScorer, Embedder, PairEnsemble, default_model_dir, is_cross_encoder,
                                      load_scorer)
-from patentgpt.embed.taskdef import find_tasks, load_task
-from patentgpt.embed.tasks import run_task
+from patentgpt.embed.taskdef import find_tasks, load_task, read_task_pairs
+from patentgpt.embed.tasks import member_rows, pair_predictions, run_task
 from patentgpt.embed.train import EmbedTrainConfig, train, training_examples
 from tests.conftest import REPO
 
@@ -71,27 +72,66 @@ def test_cross_recipe_trains_on_real_pairs_and_scores_through_the_runner(shared_
     assert held_out["metrics"]["pairs"] == 64 and -1 <= held_out["headline"]["pearson"] <= 1
 
 
-def test_one_label_on_several_cross_encoders_scores_with_their_mean(untrained_cross, tmp_path):
-    """``--model ens=A --model ens=B``: one ensemble whose pair scores are the mean of A's and B's; an
-    encoder (no pair head) in an ensemble is refused by name."""
+def test_one_label_on_several_models_is_an_ensemble_and_bad_specs_are_refused(untrained_cross, tmp_path):
+    """``--model ens=A --model ens=B@TASK``: one ensemble whose members are (dir, task); its pair scores are
+    the mean of the members' z-scores, whatever their scale; bad ensemble specs are refused by name."""
+    from scipy.stats import zscore
+
+    specs = _model_specs([f"ens={untrained_cross}", "ens=minilm@phrase_matching_context", f"one={untrained_cross}"],
+                         None)
+    assert specs["ens"]["model_dir"] == [(str(untrained_cross), None), (None, "phrase_matching_context")]
+    assert specs["one"]["model_dir"] == str(untrained_cross)
+    with pytest.raises(ConfigError, match="'@phrase_matching_context' picks an ensemble member's task"):
+        _model_specs([f"x={untrained_cross}@phrase_matching_context"], None)
+    ens = load_scorer(specs["ens"]["model_dir"])
+    assert isinstance(ens, PairEnsemble) and ens.pooling == "pair ensemble"
+    assert [type(s) for s, _ in ens.members] == [CrossScorer, Embedder]
+    assert ens.model_dir.endswith("@phrase_matching_context")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    # a cosine spreading 0.06 and a probability spreading 0.2 weigh the same: scale and offset do not matter
+    np.testing.assert_allclose(PairEnsemble.combine([0.06 * a + 0.9, 0.2 * b + 0.4]), (zscore(a) + zscore(b)) / 2,
+                               atol=1e-9)
+    with pytest.raises(ConfigError, match="needs at least two members"):
+        load_scorer([str(untrained_cross)])
+    with pytest.raises(ConfigError, match="pooling: an ensemble"):
+        load_scorer([str(untrained_cross), str(untrained_cross)], pooling="mean")
+    retrieval = load_task(find_tasks(["demo_retrieval"])[0])
+    with pytest.raises(ConfigError, match="is an ensemble: it scores text pairs .* retrieval task demo_retrieval"):
+        run_task(retrieval, ens)
+
+
+@pytest.mark.shared_data
+def test_ensemble_members_read_pairs_with_their_own_task_templates(shared_data, untrained_cross, tmp_path):
+    """Two cross-encoders on the sibling texts and MiniLM (cosine) on ``anchor [SEP] title`` texts: each
+    member's figure in the ensemble's result is the one it gets alone on its own task, and the ensemble's
+    Pearson is that of the mean of the members' z-scored pair scores."""
     import torch
+    from scipy.stats import zscore
     from sentence_transformers.cross_encoder import CrossEncoder
 
     torch.manual_seed(1)
     other = tmp_path / "other"
     CrossEncoder(str(default_model_dir()), num_labels=1, max_length=32, device="cpu").save(str(other))
-    specs = _model_specs([f"ens={untrained_cross}", f"ens={other}", f"single={other}"], None)
-    assert specs["ens"]["model_dir"] == [str(untrained_cross), str(other)]
-    assert specs["single"]["model_dir"] == str(other)
-    ens = load_scorer(specs["ens"]["model_dir"])
-    assert isinstance(ens, CrossEnsemble) and isinstance(load_scorer([str(other)]), CrossScorer)
-    pairs = [("abatement", "eliminating process"), ("abatement", "forest region"),
-             ("acid absorption", "hydrochloric acid absorption")]
-    members = [CrossScorer(d).score_pairs(pairs) for d in (untrained_cross, other)]
-    assert not np.allclose(members[0], members[1])                     # two different heads...
-    np.testing.assert_allclose(ens.score_pairs(pairs), (members[0] + members[1]) / 2, rtol=1e-5)   # ...averaged
-    assert ens.pooling == "cross-encoder ensemble" and str(other) in ens.model_dir
-    with pytest.raises(ConfigError, match=r"model: .* is not a cross-encoder export; an ensemble"):
-        load_scorer([str(untrained_cross), str(default_model_dir())])
-    with pytest.raises(ConfigError, match="pooling: an ensemble"):
-        load_scorer([str(untrained_cross), str(other)], pooling="mean")
+    task, own = (load_task(find_tasks([name])[0], ["limit=150"])
+                 for name in ("phrase_matching_cross_siblings", "phrase_matching_context"))
+    ens = load_scorer([str(untrained_cross), str(other), (None, "phrase_matching_context")])
+    res = run_task(task, ens)
+    alone = [run_task(task, load_scorer(d)) for d in (untrained_cross, other)] + [run_task(own, Embedder())]
+    assert [m["task"] for m in res["members"]] == [task.name, task.name, own.name]
+    assert [m["pearson"] for m in res["members"]] == pytest.approx([r["headline"]["pearson"] for r in alone],
+                                                                 abs=1e-5)
+    minilm_on_siblings = run_task(task, Embedder())["headline"]["pearson"]
+    assert abs(minilm_on_siblings - res["members"][2]["pearson"]) > 0.01   # the member's own texts were used
+    rows = [r for r in read_task_pairs(task)[0] if r["part"] == task.eval_part][:150]
+    kw = {"batch_size": 32, "dim": None}
+    preds = [pair_predictions(task, s, member_rows(task, t, rows), kw) for s, t in ens.members]
+    gold = np.array([r["score"] for r in rows])
+    expected = metrics.pair_scores(np.mean([zscore(p) for p in preds], axis=0), gold)["pearson"]
+    assert res["headline"]["pearson"] == pytest.approx(expected, abs=1e-6)
+    assert res["metrics"]["pairs"] == 150
+    md = (write_task_report(tmp_path / "r", task.name, {"ens": res}) / "results.md").read_text()
+    assert "| ensemble |" in md and md.count("| member ") == 3
+    with pytest.raises(ConfigError, match="member task demo_retrieval is a retrieval task"):
+        run_task(task, load_scorer([str(other), (None, "demo_retrieval")]))
+

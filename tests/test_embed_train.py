@@ -71,8 +71,8 @@ def test_phrase_recipe_fits_its_training_pairs(tmp_path, shared_data):
     assert [c["epoch"] for c in summary["dev_curve"]] == [1.0, 2.0]   # the dev part, scored at each epoch's end
     assert all(0.3 < c["pearson"] < 1 and 0.3 < c["spearman"] < 1 for c in summary["dev_curve"])
     base, tuned = Embedder(), Embedder(tmp_path / "phrase")
-    fit = {name: metrics.similarity(m.encode(cols["sentence1"]), m.encode(cols["sentence2"]),
-                                    np.array(cols["score"]))["pearson"] for name, m in (("base", base), ("tuned", tuned))}
+    fit = {name: metrics.pair_scores(metrics.cosine(m.encode(cols["sentence1"]), m.encode(cols["sentence2"])),
+                                     np.array(cols["score"]))["pearson"] for name, m in (("base", base), ("tuned", tuned))}
     assert fit["tuned"] > fit["base"] + 0.05, fit
     held_out = run_task(task, tuned)
     assert held_out["metrics"]["pairs"] == 400 and held_out["headline"]["pearson"] > 0.3

@@ -31,10 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = p.add_subparsers(dest="embed_command", metavar="SUBCOMMAND")
 
     ev = esub.add_parser("eval", help="run embedding tasks (evals/embeddings/*.yaml) on one or more models")
-    ev.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR",
+    ev.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR[@TASK]",
                     help="model dir, repeatable; 'minilm' names the packaged all-MiniLM-L6-v2 (the default); "
                          "a cross-encoder export (recipe phrase_cross) runs similarity tasks only; one LABEL given to "
-                         "several cross-encoder dirs scores with their ensemble (mean of pair scores)")
+                         "several dirs (encoders and cross-encoders) scores similarity tasks with their ensemble "
+                         "(mean of each member's z-scored pair scores); DIR@TASK makes that member read the pairs "
+                         "with similarity task TASK's templates")
     ev.add_argument("--tasks", nargs="*", default=[], help="task names or YAML files (default: all)")
     ev.add_argument("--pooling", choices=POOLINGS)
     ev.add_argument("--dim", type=int)
@@ -78,16 +80,26 @@ def _extract(args) -> int:
 
 
 def _model_specs(models: list[str], pooling: str | None) -> dict[str, dict]:
+    """``[LABEL=]DIR[@TASK]`` items -> label -> spec; one label given to several items is an ensemble whose
+    members are ``(dir, task)`` (``@TASK``: the member reads the pairs with that similarity task's templates)."""
     from pathlib import Path
 
-    dirs: dict[str, list] = {}
+    from patentgpt.config import ConfigError
+
+    members: dict[str, list] = {}
     for item in models or ["minilm"]:
         label, _, path = item.rpartition("=")
+        path, _, task = path.partition("@")
         path = None if path == "minilm" else path
         label = label or ("all-MiniLM-L6-v2" if path is None else Path(path).name)
-        dirs.setdefault(label, []).append(path)   # a label given twice: an ensemble of its models
-    return {label: {"model_dir": paths if len(paths) > 1 else paths[0], "pooling": pooling}
-            for label, paths in dirs.items()}
+        members.setdefault(label, []).append((path, task or None))
+    specs = {}
+    for label, found in members.items():
+        if len(found) == 1 and found[0][1]:
+            raise ConfigError(f"model: {label}: '@{found[0][1]}' picks an ensemble member's task templates; "
+                              f"a single model reads its task's own (run that task with --tasks)")
+        specs[label] = {"model_dir": found if len(found) > 1 else found[0][0], "pooling": pooling}
+    return specs
 
 
 def _eval(args) -> int:

@@ -194,35 +194,38 @@ class CrossScorer:
                           dtype=np.float32).reshape(len(pairs))
 
 
-class CrossEnsemble:
-    """Several cross-encoder exports scoring the same pairs: the mean of their sigmoid scores (members
-    trained with other seeds, lengths or learning rates err differently, so the mean correlates better)."""
+class PairEnsemble:
+    """Several models scoring the same pairs, cross-encoders and encoders (cosine) mixed. Each member's
+    scores are standardised over the pairs scored (z-scores, so a cosine that spreads 0.06 and a sigmoid
+    that spreads 0.2 weigh the same), then averaged: members that err differently (other seeds, losses,
+    architectures) correlate better together. A member given as ``(dir, task)`` reads the pairs with that
+    similarity task's templates (``text_a``, ``text_b``, ``siblings``, ``prefix``): a bi-encoder trained on
+    ``anchor [SEP] title`` keeps its own texts beside cross-encoders that read the sibling targets."""
 
-    pooling = "cross-encoder ensemble"
+    pooling = "pair ensemble"
 
-    def __init__(self, model_dirs: list[str | Path], *, max_length: int | None = None):
-        for d in model_dirs:
-            if not is_cross_encoder(d):
-                raise ConfigError(f"model: {d} is not a cross-encoder export; an ensemble (one label given to "
-                                  f"several --model dirs) averages cross-encoder pair scores only")
-        self.members = [CrossScorer(d, max_length=max_length) for d in model_dirs]
-        self.model_dir = "+".join(str(m.model_dir) for m in self.members)
+    def __init__(self, members: list[str | Path | tuple], *, max_length: int | None = None):
+        if len(members) < 2:
+            raise ConfigError(f"model: an ensemble needs at least two members, got {len(members)}")
+        specs = [tuple(m) if isinstance(m, (list, tuple)) else (m, None) for m in members]
+        self.members = [(load_scorer(d, max_length=max_length), task) for d, task in specs]
+        self.model_dir = "+".join(f"{s.model_dir}" + (f"@{t}" if t else "") for s, t in self.members)
 
-    def score_pairs(self, pairs: list[tuple[str, str]], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        return np.mean([m.score_pairs(pairs, batch_size=batch_size, progress=progress) for m in self.members], axis=0)
+    @staticmethod
+    def combine(preds: list[np.ndarray]) -> np.ndarray:
+        """The mean of the members' z-scores (a constant member contributes zeros)."""
+        z = [(p - p.mean()) / (p.std() or 1.0) for p in map(np.asarray, preds)]
+        return np.mean(z, axis=0)
 
 
 def load_scorer(model_dir: str | Path | list | None = None, *, pooling: str | None = None,
-                max_length: int | None = None) -> Embedder | CrossScorer | CrossEnsemble:
+                max_length: int | None = None) -> Embedder | CrossScorer | PairEnsemble:
     """An :class:`Embedder`, a :class:`CrossScorer` when ``model_dir`` is a cross-encoder export, or a
-    :class:`CrossEnsemble` when it is a list of several."""
+    :class:`PairEnsemble` when it is a list of members (dirs, or ``(dir, task)`` pairs)."""
     if isinstance(model_dir, (list, tuple)):
         if pooling:
-            raise ConfigError(f"pooling: an ensemble of {len(model_dir)} models averages cross-encoder scores "
-                              f"and has no pooling")
-        if len(model_dir) > 1:
-            return CrossEnsemble(list(model_dir), max_length=max_length)
-        model_dir = model_dir[0]
+            raise ConfigError(f"pooling: an ensemble of {len(model_dir)} models uses each member's own pooling")
+        return PairEnsemble(list(model_dir), max_length=max_length)
     if is_cross_encoder(model_dir):
         if pooling:
             raise ConfigError(f"pooling: {model_dir} is a cross-encoder: it scores pairs and has no pooling")

@@ -60,10 +60,9 @@ def clustering(x, labels: list[str], seed: int = 0) -> dict:
             "clusters": k, "records": len(labels)}
 
 
-def similarity(a, b, gold) -> dict:
-    """Pearson and Spearman of the cosine of L2-normalised embedding pairs against gold scores."""
-    cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return pair_scores(cos, gold)
+def cosine(a, b) -> np.ndarray:
+    """Row-wise cosine of two embedding matrices."""
+    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
 def pair_scores(pred, gold) -> dict:

@@ -18,7 +18,8 @@ def rows(result: dict) -> list[tuple[str, dict]]:
     m = result.get("metrics") or {}
     if result.get("kind") == "retrieval":
         return [(f"{ranking} / {sub}", vals) for ranking, subs in m.items() for sub, vals in subs.items()]
-    return [("", m)]
+    members = [(f"member {x['model']} ({x['task']})", {k: x.get(k) for k in m}) for x in result.get("members", [])]
+    return [("ensemble" if members else "", m), *members]
 
 
 def markdown(task: str, results: dict[str, dict]) -> str:

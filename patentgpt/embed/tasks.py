@@ -9,6 +9,7 @@ import numpy as np
 
 from patentgpt.config import ConfigError
 from patentgpt.embed import fusion, metrics
+from patentgpt.embed.extract import CrossScorer, PairEnsemble
 from patentgpt.embed.taskdef import TaskConfig, label_list, read_task_pairs, resolve
 from patentgpt.embed.views import record_id, render_view
 
@@ -151,19 +152,52 @@ def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
     rows, rejects = read_task_pairs(cfg)
     test = [r for r in rows if r["part"] == cfg.eval_part][: cfg.limit]
     gold = np.array([r["score"] for r in test])
-    if hasattr(embedder, "score_pairs"):   # a cross-encoder scores each pair jointly
-        pred = embedder.score_pairs([(r["a"], r["b"]) for r in test], batch_size=encode_kw["batch_size"])
-        scores = metrics.pair_scores(pred, gold)
-        return {"metrics": scores, "headline": {"pearson": scores["pearson"], "spearman": scores["spearman"]},
-                "rejects": rejects}
-    texts = sorted({t for r in test for t in (r["a"], r["b"])})
-    emb = embedder.encode(texts, prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
-    pos = {t: i for i, t in enumerate(texts)}
-    a = emb[[pos[r["a"]] for r in test]]
-    b = emb[[pos[r["b"]] for r in test]]
-    scores = metrics.similarity(a, b, gold)
+    extra = {}
+    if isinstance(embedder, PairEnsemble):
+        preds, extra["members"] = [], []
+        for scorer, task in embedder.members:
+            pred = pair_predictions(cfg, scorer, member_rows(cfg, task, test), encode_kw)
+            preds.append(pred)
+            extra["members"].append({"model": str(scorer.model_dir), "pooling": scorer.pooling,
+                                     "task": task or cfg.name, **metrics.pair_scores(pred, gold)})
+        pred = embedder.combine(preds)
+    else:
+        pred = pair_predictions(cfg, embedder, test, encode_kw)
+    scores = metrics.pair_scores(pred, gold)
     return {"metrics": scores, "headline": {"pearson": scores["pearson"], "spearman": scores["spearman"]},
-            "rejects": rejects}
+            "rejects": rejects, **extra}
+
+
+def pair_predictions(cfg: TaskConfig, scorer, rows: list[dict], encode_kw: dict) -> np.ndarray:
+    """One score per (a, b) row: a cross-encoder scores each pair jointly, an encoder gives the cosine."""
+    if isinstance(scorer, CrossScorer):
+        return scorer.score_pairs([(r["a"], r["b"]) for r in rows], batch_size=encode_kw["batch_size"])
+    texts = sorted({t for r in rows for t in (r["a"], r["b"])})
+    emb = scorer.encode(texts, prefix=cfg.prefix, normalize=True, desc=cfg.name, **encode_kw)
+    pos = {t: i for i, t in enumerate(texts)}
+    return metrics.cosine(emb[[pos[r["a"]] for r in rows]], emb[[pos[r["b"]] for r in rows]])
+
+
+TEMPLATE_KEYS = ("text_a", "text_b", "siblings", "prefix")
+
+
+def member_rows(cfg: TaskConfig, task: str | None, rows: list[dict]) -> list[dict]:
+    """``rows`` as an ensemble member reads them: written with the templates of similarity task ``task``
+    (same data, split and part as ``cfg``); the same pairs in the same order, or a ConfigError."""
+    if not task or task == cfg.name:
+        return rows
+    from patentgpt.embed.taskdef import find_tasks, load_task
+
+    own = load_task(find_tasks([task])[0])
+    if own.kind != "similarity":
+        raise ConfigError(f"model: ensemble member task {task} is a {own.kind} task; a member reads pairs "
+                          f"with a similarity task's templates")
+    mcfg = cfg.model_copy(update={k: getattr(own, k) for k in TEMPLATE_KEYS})
+    mine = [r for r in read_task_pairs(mcfg)[0] if r["part"] == cfg.eval_part][: cfg.limit]
+    if [r["score"] for r in mine] != [r["score"] for r in rows]:
+        raise ConfigError(f"model: ensemble member task {task} reads {len(mine)} {cfg.eval_part} pairs of "
+                          f"{cfg.name}'s data, not the same {len(rows)}: its templates set other rows aside")
+    return mine
 
 
 RUNNERS = {"retrieval": run_retrieval, "classification": run_classification, "clustering": run_clustering,
@@ -177,8 +211,9 @@ def run_task(cfg: TaskConfig, embedder, *, batch_size: int = 32, dim: int | None
     missing = cfg.missing()
     if missing:
         return base | {"status": "skipped", "reason": f"data not found: {', '.join(map(str, missing))}"}
-    if hasattr(embedder, "score_pairs") and cfg.kind != "similarity":
-        raise ConfigError(f"model: {embedder.model_dir} is a cross-encoder: it scores text pairs and gives no "
+    if isinstance(embedder, (CrossScorer, PairEnsemble)) and cfg.kind != "similarity":
+        what = "a cross-encoder" if isinstance(embedder, CrossScorer) else "an ensemble"
+        raise ConfigError(f"model: {embedder.model_dir} is {what}: it scores text pairs and gives no "
                           f"embeddings, so it cannot run {cfg.kind} task {cfg.name}; use it on similarity tasks")
     t0 = time.time()
     result = RUNNERS[cfg.kind](cfg, embedder, {"batch_size": batch_size, "dim": dim})
