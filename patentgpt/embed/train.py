@@ -166,7 +166,6 @@ def train(cfg: EmbedTrainConfig) -> dict:
 
     from patentgpt.embed.extract import default_model_dir, stage_dir
     from patentgpt.embed.taskdef import find_tasks, load_task, read_task_pairs
-    from patentgpt.io import atomic_write_json, publish_dir
 
     task = load_task(find_tasks([cfg.task])[0])
     if task.missing():
@@ -195,29 +194,12 @@ def train(cfg: EmbedTrainConfig) -> dict:
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss,
                                          evaluator=evaluator)
     history = trainer.train()
-    import shutil
-
-    shutil.rmtree(stage / "_trainer", ignore_errors=True)
-    model.save(str(stage))
-    publish_dir(stage, out)
-    summary = {"recipe": cfg.recipe, "task": task.name, "base_model": base, "output_dir": str(out),
-               "examples": len(next(iter(columns.values()))), "train_loss": history.training_loss,
-               "dev_curve": dev_curve(trainer.state.log_history), "train_seconds": round(time.time() - t0, 1)}
-    if cfg.evaluate:
-        from patentgpt.embed.extract import Embedder
-        from patentgpt.embed.tasks import run_task
-
-        for name, path in (("base", base), ("fine_tuned", out)):
-            summary[name] = {k: v for k, v in run_task(task, Embedder(path)).items() if k != "rejects"}
-    atomic_write_json(out.parent / f"{out.name}.train.json", summary)
-    return summary
+    return finish_run(cfg, task, base, model, trainer, history, stage, t0, scored=("base", "fine_tuned"))
 
 
 def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str, dev: list[dict]) -> dict:
     """``phrase_cross``: a sentence-transformers CrossEncoder (one logit) on the task's (a, b, score) rows,
     scored on the ``dev`` rows at each epoch's end."""
-    import shutil
-
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
@@ -225,7 +207,6 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
     from patentgpt.embed.extract import stage_dir
-    from patentgpt.io import atomic_write_json, publish_dir
 
     model = CrossEncoder(base, num_labels=1, max_length=cfg.max_seq_length, device="cpu")
     loss = (BinaryCrossEntropyLoss(model) if cfg.cross_loss == "bce"
@@ -239,16 +220,31 @@ def train_cross(cfg: EmbedTrainConfig, task, columns: dict[str, list], base: str
     t0 = time.time()
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, evaluator=evaluator)
     history = trainer.train()
+    # the untrained head is no base: a cross-encoder has no zero-shot similarity
+    return finish_run(cfg, task, base, model, trainer, history, stage, t0, scored=("fine_tuned",))
+
+
+def finish_run(cfg: EmbedTrainConfig, task, base: str, model, trainer, history, stage: Path, t0: float, *,
+               scored: tuple[str, ...]) -> dict:
+    """The end of every recipe: publish ``model`` to ``output_dir`` (scratch removed), summarise the run
+    (dev curve, time), score the ``scored`` models ("base", "fine_tuned") on the task with ``evaluate``,
+    and write ``<output_dir>.train.json``."""
+    import shutil
+
+    from patentgpt.embed.extract import load_scorer
+    from patentgpt.embed.tasks import run_task
+    from patentgpt.io import atomic_write_json, publish_dir
+
+    out = Path(cfg.output_dir)
     shutil.rmtree(stage / "_trainer", ignore_errors=True)
     model.save(str(stage))
     publish_dir(stage, out)
     summary = {"recipe": cfg.recipe, "task": task.name, "base_model": base, "output_dir": str(out),
-               "examples": len(data), "train_loss": history.training_loss,
+               "examples": len(trainer.train_dataset), "train_loss": history.training_loss,
                "dev_curve": dev_curve(trainer.state.log_history), "train_seconds": round(time.time() - t0, 1)}
-    if cfg.evaluate:   # the untrained head is the base: a cross-encoder has no zero-shot similarity
-        from patentgpt.embed.extract import load_scorer
-        from patentgpt.embed.tasks import run_task
-
-        summary["fine_tuned"] = {k: v for k, v in run_task(task, load_scorer(out)).items() if k != "rejects"}
+    if cfg.evaluate:
+        for name in scored:
+            result = run_task(task, load_scorer({"base": base, "fine_tuned": str(out)}[name]))
+            summary[name] = {k: v for k, v in result.items() if k != "rejects"}
     atomic_write_json(out.parent / f"{out.name}.train.json", summary)
     return summary
