@@ -15,7 +15,7 @@ from patentgpt.embed.cli import _model_specs
 from patentgpt.embed.extract import (CrossScorer, Embedder, PairEnsemble, default_model_dir, is_cross_encoder,
                                      load_scorer)
 from patentgpt.embed.taskdef import find_tasks, load_task, read_task_pairs
-from patentgpt.embed.tasks import member_rows, pair_predictions, run_task
+from patentgpt.embed.tasks import member_view, pair_predictions, run_task
 from patentgpt.embed.train import EmbedTrainConfig, train, training_examples
 from tests.conftest import REPO
 
@@ -125,7 +125,11 @@ def test_ensemble_members_read_pairs_with_their_own_task_templates(shared_data, 
     assert abs(minilm_on_siblings - res["members"][2]["pearson"]) > 0.01   # the member's own texts were used
     rows = [r for r in read_task_pairs(task)[0] if r["part"] == task.eval_part][:150]
     kw = {"batch_size": 32, "dim": None}
-    preds = [pair_predictions(task, s, member_rows(task, t, rows), kw) for s, t in ens.members]
+    views = [member_view(task, t, rows) for _, t in ens.members]
+    mcfg = views[2][0]   # the encoder's view: its own task's templates and prefix over the scored task's data
+    assert (mcfg.text_a, mcfg.text_b, mcfg.prefix) == (own.text_a, own.text_b, own.prefix)
+    assert (mcfg.data, mcfg.split, mcfg.eval_part) == (task.data, task.split, task.eval_part)
+    preds = [pair_predictions(mc, s, mr, kw) for (s, _), (mc, mr) in zip(ens.members, views)]
     gold = np.array([r["score"] for r in rows])
     expected = metrics.pair_scores(np.mean([zscore(p) for p in preds], axis=0), gold)["pearson"]
     assert res["headline"]["pearson"] == pytest.approx(expected, abs=1e-6)

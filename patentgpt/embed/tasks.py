@@ -154,9 +154,12 @@ def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
     gold = np.array([r["score"] for r in test])
     extra = {}
     if isinstance(embedder, PairEnsemble):
-        preds, extra["members"] = [], []
+        preds, extra["members"], views = [], [], {}
         for scorer, task in embedder.members:
-            pred = pair_predictions(cfg, scorer, member_rows(cfg, task, test), encode_kw)
+            if task not in views:   # members sharing a task read its rows once
+                views[task] = member_view(cfg, task, test)
+            mcfg, mrows = views[task]
+            pred = pair_predictions(mcfg, scorer, mrows, encode_kw)
             preds.append(pred)
             extra["members"].append({"model": str(scorer.model_dir), "pooling": scorer.pooling,
                                      "task": task or cfg.name, **metrics.pair_scores(pred, gold)})
@@ -181,11 +184,11 @@ def pair_predictions(cfg: TaskConfig, scorer, rows: list[dict], encode_kw: dict)
 TEMPLATE_KEYS = ("text_a", "text_b", "siblings", "prefix")
 
 
-def member_rows(cfg: TaskConfig, task: str | None, rows: list[dict]) -> list[dict]:
-    """``rows`` as an ensemble member reads them: written with the templates of similarity task ``task``
-    (same data, split and part as ``cfg``); the same pairs in the same order, or a ConfigError."""
+def member_view(cfg: TaskConfig, task: str | None, rows: list[dict]) -> tuple[TaskConfig, list[dict]]:
+    """How an ensemble member reads ``rows``: ``cfg`` with the templates of similarity task ``task`` (same
+    data, split and part), and the rows written with them: the same pairs in the same order, or a ConfigError."""
     if not task or task == cfg.name:
-        return rows
+        return cfg, rows
     from patentgpt.embed.taskdef import find_tasks, load_task
 
     own = load_task(find_tasks([task])[0])
@@ -197,7 +200,7 @@ def member_rows(cfg: TaskConfig, task: str | None, rows: list[dict]) -> list[dic
     if [r["score"] for r in mine] != [r["score"] for r in rows]:
         raise ConfigError(f"model: ensemble member task {task} reads {len(mine)} {cfg.eval_part} pairs of "
                           f"{cfg.name}'s data, not the same {len(rows)}: its templates set other rows aside")
-    return mine
+    return mcfg, mine
 
 
 RUNNERS = {"retrieval": run_retrieval, "classification": run_classification, "clustering": run_clustering,
