@@ -139,3 +139,65 @@ def test_ensemble_members_read_pairs_with_their_own_task_templates(shared_data, 
     with pytest.raises(ConfigError, match="member task demo_retrieval is a retrieval task"):
         run_task(task, load_scorer([str(other), (None, "demo_retrieval")]))
 
+
+
+@pytest.mark.shared_data
+def test_blend_is_fitted_on_dev_and_applied_to_test(shared_data, untrained_cross, tmp_path):
+    """Task phrase_matching_blend: the ensemble scores the test and the dev pairs; a least-squares fit on dev of
+    [score, mean score of the anchor+context group, anchor == target] gives the test scores. Rebuilt here from
+    the CSV with pandas and scikit-learn, the blended Pearson is the same; the figure before the blend is the
+    plain sibling task's; a dev-scored run is left raw."""
+    import pandas as pd
+    from sklearn.linear_model import LinearRegression
+
+    blend_task = load_task(find_tasks(["phrase_matching_blend"])[0], ["limit=300"])
+    plain = load_task(find_tasks(["phrase_matching_cross_siblings"])[0], ["limit=300"])
+    ens = load_scorer([str(untrained_cross), (None, "phrase_matching_context")])
+    res = run_task(blend_task, ens)
+    assert res["before_blend"]["pearson"] == pytest.approx(run_task(plain, ens)["headline"]["pearson"], abs=1e-6)
+    info = res["blend"]
+    assert info["features"] == ["score", "group mean (anchor+context)", "same anchor and target"]
+    assert info["dev_pairs"] == 300 and res["metrics"]["pairs"] == 300
+
+    df = pd.read_csv(shared_data / "evals/patent_phrase_matching.csv")
+    df["part"] = [plain.split.part(r, r["anchor"]) for r in df.to_dict("records")]
+    kw = {"batch_size": 32, "dim": None}
+
+    def frame(part):
+        d = df[df["part"] == part].head(300).copy()
+        rows = [r for r in read_task_pairs(plain)[0] if r["part"] == part][:300]
+        assert list(d["label"]) == [r["score"] for r in rows]
+        view = plain.model_copy(update={"eval_part": part})
+        views = [member_view(view, t, rows) for _, t in ens.members]
+        d["pred"] = PairEnsemble.combine([pair_predictions(mc, s, mr, kw) for (s, _), (mc, mr) in zip(ens.members, views)])
+        d["gm"] = d.groupby(["anchor", "context"])["pred"].transform("mean")
+        d["same"] = (d["anchor"].str.lower().str.split().str.join(" ")
+                     == d["target"].str.lower().str.split().str.join(" ")).astype(float)
+        return d
+
+    dev, test = frame("dev"), frame("test")
+    cols = ["pred", "gm", "same"]
+    fit = LinearRegression().fit(dev[cols], dev["label"])
+    assert info["coef"] == pytest.approx(list(fit.coef_), abs=1e-5)
+    expected = metrics.pair_scores(fit.predict(test[cols]), test["label"])["pearson"]
+    assert res["headline"]["pearson"] == pytest.approx(expected, abs=1e-6)
+    md = (write_task_report(tmp_path / "r", blend_task.name, {"ens": res}) / "results.md").read_text()
+    assert "| blended |" in md and "| before blend |" in md and "blend fitted on 300 dev pairs" in md
+    dev_run = run_task(blend_task.model_copy(update={"eval_part": "dev"}), ens)
+    assert "blend" not in dev_run   # choices on dev stay raw: the blend would be fitted on what it scores
+
+
+def test_blend_config_errors_name_the_key(tmp_path):
+    base = load_task(find_tasks(["phrase_matching_blend"])[0])
+    with pytest.raises(ConfigError, match="blend.same: name two columns"):
+        load_task(find_tasks(["phrase_matching_blend"])[0], ["blend.same=[anchor]"])
+    with pytest.raises(ConfigError, match="blend: fitted on the dev part .* no dev part"):
+        load_task(find_tasks(["phrase_matching_blend"])[0], ["split.dev_fraction=0.0"])
+    with pytest.raises(ConfigError, match="blend: fitted on the dev part .* is retrieval"):
+        load_task(find_tasks(["demo_retrieval"])[0], ["blend={group_by: [anchor]}"])
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("anchor,target,label\na,b,0.5\n")
+    bad = base.model_copy(update={"data": [str(csv)], "siblings": None, "text_b": "{target}",
+                                  "blend": base.blend.model_copy(update={"group_by": ["anchor", "context"]})})
+    with pytest.raises(ConfigError, match="blend: column 'context' is not in"):
+        read_task_pairs(bad)

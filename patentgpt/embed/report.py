@@ -19,7 +19,9 @@ def rows(result: dict) -> list[tuple[str, dict]]:
     if result.get("kind") == "retrieval":
         return [(f"{ranking} / {sub}", vals) for ranking, subs in m.items() for sub, vals in subs.items()]
     members = [(f"member {x['model']} ({x['task']})", {k: x.get(k) for k in m}) for x in result.get("members", [])]
-    return [("ensemble" if members else "", m), *members]
+    head = "blended" if "blend" in result else "ensemble" if members else ""
+    before = [("before blend", result["before_blend"])] if "blend" in result else []
+    return [(head, m), *before, *members]
 
 
 def markdown(task: str, results: dict[str, dict]) -> str:
@@ -35,6 +37,11 @@ def markdown(task: str, results: dict[str, dict]) -> str:
         lines += [f"| {name} | " + " | ".join(_fmt(vals.get(k)) for k in keys) + " |" for name, vals in table]
         lines += ["", f"model `{res['model']}`, pooling {res['pooling']}, dim {res['dim'] or 'full'}, "
                       f"{len(res.get('rejects') or [])} records set aside, {res['seconds']} s", ""]
+        if "blend" in res:
+            b = res["blend"]
+            terms = " + ".join(f"{c:.4f} x {n}" for c, n in zip(b["coef"], b["features"]))
+            lines += [f"blend fitted on {b['dev_pairs']} dev pairs: {b['intercept']:.4f} + {terms} "
+                      f"(dev Pearson {b['dev_pearson_before']:.4f} before, {b['dev_pearson_fitted']:.4f} fitted)", ""]
     return "\n".join(lines)
 
 

@@ -71,6 +71,24 @@ class SiblingSpec(Section):
     sep: str = "; "
 
 
+class BlendSpec(Section):
+    """A similarity score blended with what the task's other pairs say, by least squares fitted on the
+    dev part and applied to the test part: the pair's own score, the mean score of the pairs that share
+    its ``group_by`` columns (in the same part: is this pair high for its anchor?), and whether its two
+    ``same`` columns are equal (case and spacing aside: an anchor scored against itself)."""
+
+    group_by: list[str] = []
+    same: list[str] = []
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.group_by and not self.same:
+            raise ValueError("blend: name group_by columns, two same columns, or both")
+        if self.same and len(self.same) != 2:
+            raise ValueError(f"blend.same: name two columns to compare, got {len(self.same)}")
+        return self
+
+
 class TaskConfig(Section):
     name: str
     kind: Literal["retrieval", "classification", "clustering", "similarity"]
@@ -100,6 +118,7 @@ class TaskConfig(Section):
     text_b: str = "{target}"
     score: str = "label"
     siblings: SiblingSpec | None = None
+    blend: BlendSpec | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -112,6 +131,9 @@ class TaskConfig(Section):
             raise ValueError("qrels: a task with judgements names both `qrels` and `queries`")
         if self.qrels is not None and self.kind != "retrieval":
             raise ValueError(f"qrels: only retrieval tasks read judgements, this task is {self.kind}")
+        if self.blend and (self.kind != "similarity" or not self.split.dev_fraction):
+            raise ValueError("blend: fitted on the dev part of a similarity task; this task "
+                             + ("has no dev part (set split.dev_fraction)" if self.kind == "similarity" else f"is {self.kind}"))
         if not 0.0 <= self.fusion_alpha <= 1.0:
             raise ValueError("fusion_alpha: must be in [0, 1]")
         return self
@@ -176,7 +198,7 @@ def read_pairs(path: Path, cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
             a, b = cfg.text_a.format(**row), cfg.text_b.format(**row)
         except KeyError as exc:
             raise ConfigError(f"{cfg.name}: column {exc} named by text_a/text_b is not in {path}") from None
-        rows.append({"a": a, "b": b, "score": score, "part": part})
+        rows.append({"a": a, "b": b, "score": score, "part": part, **blend_keys(row, cfg, path)})
     return rows, rejects
 
 
@@ -188,6 +210,20 @@ def read_task_pairs(cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
         rows += r
         rejects += rej
     return rows, rejects
+
+
+def blend_keys(row: dict, cfg: TaskConfig, path: Path) -> dict:
+    """The columns a blend reads from a CSV row: its ``group`` key and whether its ``same`` columns match."""
+    if not cfg.blend:
+        return {}
+    try:
+        out = {"group": tuple(row[c] for c in cfg.blend.group_by)}
+        if cfg.blend.same:
+            a, b = (" ".join(row[c].lower().split()) for c in cfg.blend.same)
+            out["same"] = a == b
+    except KeyError as exc:
+        raise ConfigError(f"blend: column {exc} is not in {path}") from None
+    return out
 
 
 def add_siblings(raw: list[tuple[dict, float, str]], spec: SiblingSpec, path: Path) -> None:

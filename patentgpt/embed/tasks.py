@@ -152,23 +152,32 @@ def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
     rows, rejects = read_task_pairs(cfg)
     test = [r for r in rows if r["part"] == cfg.eval_part][: cfg.limit]
     gold = np.array([r["score"] for r in test])
-    extra = {}
-    if isinstance(embedder, PairEnsemble):
-        preds, extra["members"], views = [], [], {}
-        for scorer, task in embedder.members:
-            if task not in views:   # members sharing a task read its rows once
-                views[task] = member_view(cfg, task, test)
-            mcfg, mrows = views[task]
-            pred = pair_predictions(mcfg, scorer, mrows, encode_kw)
-            preds.append(pred)
-            extra["members"].append({"model": str(scorer.model_dir), "pooling": scorer.pooling,
-                                     "task": task or cfg.name, **metrics.pair_scores(pred, gold)})
-        pred = embedder.combine(preds)
-    else:
-        pred = pair_predictions(cfg, embedder, test, encode_kw)
+    pred, members = predict_pairs(cfg, embedder, test, encode_kw)
+    extra = {"members": [m | metrics.pair_scores(p, gold) for m, p in members]} if members else {}
+    if cfg.blend and cfg.eval_part == "test":   # fitted on dev; a dev-scored run (model choice) is left raw
+        from patentgpt.embed.blend import fit_blend
+
+        dcfg = cfg.model_copy(update={"eval_part": "dev"})
+        dev = [r for r in rows if r["part"] == "dev"][: cfg.limit]
+        extra["before_blend"] = metrics.pair_scores(pred, gold)
+        pred, extra["blend"] = fit_blend(cfg.blend, dev, predict_pairs(dcfg, embedder, dev, encode_kw)[0], test, pred)
     scores = metrics.pair_scores(pred, gold)
     return {"metrics": scores, "headline": {"pearson": scores["pearson"], "spearman": scores["spearman"]},
             "rejects": rejects, **extra}
+
+
+def predict_pairs(cfg: TaskConfig, embedder, rows: list[dict], encode_kw: dict) -> tuple[np.ndarray, list]:
+    """The scores of ``rows`` (pairs of ``cfg.eval_part``), and for an ensemble each member's (info, scores)."""
+    if not isinstance(embedder, PairEnsemble):
+        return pair_predictions(cfg, embedder, rows, encode_kw), []
+    members, views = [], {}
+    for scorer, task in embedder.members:
+        if task not in views:   # members sharing a task read its rows once
+            views[task] = member_view(cfg, task, rows)
+        mcfg, mrows = views[task]
+        members.append(({"model": str(scorer.model_dir), "pooling": scorer.pooling, "task": task or cfg.name},
+                        pair_predictions(mcfg, scorer, mrows, encode_kw)))
+    return embedder.combine([p for _, p in members]), members
 
 
 def pair_predictions(cfg: TaskConfig, scorer, rows: list[dict], encode_kw: dict) -> np.ndarray:
