@@ -187,7 +187,7 @@ def test_blend_is_fitted_on_dev_and_applied_to_test(shared_data, untrained_cross
     assert "blend" not in dev_run   # choices on dev stay raw: the blend would be fitted on what it scores
 
 
-def test_blend_config_errors_name_the_key(tmp_path):
+def test_blend_config_errors_name_the_key(untrained_cross, tmp_path):
     base = load_task(find_tasks(["phrase_matching_blend"])[0])
     with pytest.raises(ConfigError, match="blend.same: name two columns"):
         load_task(find_tasks(["phrase_matching_blend"])[0], ["blend.same=[anchor]"])
@@ -201,3 +201,10 @@ def test_blend_config_errors_name_the_key(tmp_path):
                                   "blend": base.blend.model_copy(update={"group_by": ["anchor", "context"]})})
     with pytest.raises(ConfigError, match="blend: column 'context' is not in"):
         read_task_pairs(bad)
+    anchors = [f"a{i}" for i in range(200)]
+    test_only = [a for a in anchors if base.split.part({"anchor": a}, a) == "test"]
+    csv.write_text("anchor,target,label\n" + "".join(f"{a},t{a},0.5\n" for a in test_only))
+    no_dev = bad.model_copy(update={"blend": base.blend.model_copy(update={"group_by": ["anchor"]})})
+    assert {r["part"] for r in read_task_pairs(no_dev)[0]} == {"test"}
+    with pytest.raises(ConfigError, match="blend: phrase_matching_blend has no dev pairs"):
+        run_task(no_dev, load_scorer(untrained_cross))

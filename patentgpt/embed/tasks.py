@@ -152,13 +152,17 @@ def run_similarity(cfg: TaskConfig, embedder, encode_kw: dict) -> dict:
     rows, rejects = read_task_pairs(cfg)
     test = [r for r in rows if r["part"] == cfg.eval_part][: cfg.limit]
     gold = np.array([r["score"] for r in test])
+    blend = cfg.blend and cfg.eval_part == "test"   # fitted on dev; a dev-scored run (model choice) stays raw
+    dev = [r for r in rows if r["part"] == "dev"][: cfg.limit] if blend else []
+    if blend and not dev:
+        raise ConfigError(f"blend: {cfg.name} has no dev pairs to fit the blend on (split.dev_fraction "
+                          f"{cfg.split.dev_fraction} left none in its data)")
     pred, members = predict_pairs(cfg, embedder, test, encode_kw)
     extra = {"members": [m | metrics.pair_scores(p, gold) for m, p in members]} if members else {}
-    if cfg.blend and cfg.eval_part == "test":   # fitted on dev; a dev-scored run (model choice) is left raw
+    if blend:
         from patentgpt.embed.blend import fit_blend
 
         dcfg = cfg.model_copy(update={"eval_part": "dev"})
-        dev = [r for r in rows if r["part"] == "dev"][: cfg.limit]
         extra["before_blend"] = metrics.pair_scores(pred, gold)
         pred, extra["blend"] = fit_blend(cfg.blend, dev, predict_pairs(dcfg, embedder, dev, encode_kw)[0], test, pred)
     scores = metrics.pair_scores(pred, gold)
