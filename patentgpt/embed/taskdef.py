@@ -219,7 +219,7 @@ def blend_keys(row: dict, cfg: TaskConfig, path: Path) -> dict:
     try:
         out = {"group": tuple(row[c] for c in cfg.blend.group_by)}
         if cfg.blend.same:
-            a, b = (" ".join(row[c].lower().split()) for c in cfg.blend.same)
+            a, b = (" ".join((row[c] or "").lower().split()) for c in cfg.blend.same)
             out["same"] = a == b
     except KeyError as exc:
         raise ConfigError(f"blend: column {exc} is not in {path}") from None
